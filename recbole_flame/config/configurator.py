@@ -1,0 +1,170 @@
+"""RecBole's Config, resolving model names through this package's registry and overlaying its yaml.
+
+Precedence, lowest first: RecBole's defaults (overall, model, dataset and model-type files), this
+package's ``properties/model/<Model>.yaml`` then ``properties/dataset/<dataset>.yaml``, config
+files, ``config_dict``, command-line ``--key=value`` arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
+
+from recbole_flame.utils.errors import ConfigError
+from recbole_flame.utils.paths import properties_dir
+from recbole_flame.utils.registry import canonical_model_name, get_model
+
+_NONE_WORDS = {"none", "null", "~"}
+
+
+def parse_value(text: str) -> Any:
+    """A command-line or tuning value as Python data, by literal parsing only (never ``eval``):
+    numbers, booleans, None, lists, dicts; ``[DCNV2, DeepFM]`` (bare words) parses as yaml;
+    anything else stays a string."""
+    stripped = text.strip()
+    low = stripped.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in _NONE_WORDS:
+        return None
+    try:
+        return ast.literal_eval(stripped)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    if stripped[:1] in "[{":
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            pass
+    return text
+
+
+def parse_cmd_args(args: Sequence[str]) -> dict[str, Any]:
+    """``['--epochs=5', '--topk=[10,20]']`` -> ``{'epochs': 5, 'topk': [10, 20]}``."""
+    parsed: dict[str, Any] = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(
+                f"argument '{arg}' is not of the form --key=value (write e.g. --epochs=5)"
+            )
+        key, value = arg[2:].split("=", 1)
+        if not key:
+            raise ConfigError(f"argument '{arg}' has an empty key (write e.g. --epochs=5)")
+        parsed[key] = parse_value(value)
+    return parsed
+
+
+class Config(RecBoleConfig):
+    """A RecBole ``Config`` for this package's models and RecBole's.
+
+    Unlike RecBole's, it does not read ``sys.argv`` on its own: pass command-line overrides as
+    ``cmd_args`` (the CLI does). Paths in ``data_path`` and ``checkpoint_dir`` are made
+    absolute, so a run that changes directory (a Ray Tune trial) still finds them.
+    """
+
+    def __init__(
+        self,
+        model: str | type | None = None,
+        dataset: str | None = None,
+        config_file_list: Sequence[str] | None = None,
+        config_dict: dict[str, Any] | None = None,
+        cmd_args: Sequence[str] | None = None,
+    ) -> None:
+        self._cmd_args = list(cmd_args or [])
+        super().__init__(
+            model=model,
+            dataset=dataset,
+            config_file_list=list(config_file_list) if config_file_list else None,
+            config_dict=dict(config_dict) if config_dict else None,
+        )
+
+    # --- external input -------------------------------------------------------------------
+    def _convert_config_dict(self, config_dict: dict[str, Any]) -> dict[str, Any]:
+        return {k: parse_value(v) if isinstance(v, str) else v for k, v in config_dict.items()}
+
+    def _load_config_files(self, file_list: Sequence[str] | None) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for file in file_list or []:
+            if not os.path.isfile(file):
+                raise ConfigError(f"config file '{file}' does not exist; check the path")
+            try:
+                with open(file, encoding="utf-8") as f:
+                    loaded = yaml.load(f.read(), Loader=self.yaml_loader)
+            except yaml.YAMLError as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ConfigError(f"config file '{file}' is not valid yaml: {first}") from exc
+            if loaded is None:
+                continue
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"config file '{file}' must hold a mapping of key: value")
+            merged.update(loaded)
+        return merged
+
+    def _load_cmd_line(self) -> dict[str, Any]:
+        return parse_cmd_args(self._cmd_args)
+
+    # --- model and defaults ---------------------------------------------------------------
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise ConfigError("no model given: pass --model=NAME (or model: in a config file)")
+        if isinstance(model, str):
+            model_name = canonical_model_name(model)
+            model_class = get_model(model_name)
+        else:
+            model_class, model_name = model, model.__name__
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+            if dataset is None:
+                raise ConfigError("no dataset given: pass --dataset=NAME")
+        return model_name, model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        props = properties_dir()
+        model_keys = self._update_internal_config_dict(
+            props / "model" / f"{model}.yaml", must_exist=False
+        )
+        dataset_keys = self._update_internal_config_dict(
+            props / "dataset" / f"{dataset}.yaml", must_exist=False
+        )
+        self._our_yaml_keys = set(model_keys or ()) | set(dataset_keys or ())
+        if dataset_keys:
+            self.parameters["Dataset"] = self.parameters["Dataset"] + [
+                k for k in dataset_keys if k not in self.parameters["Dataset"]
+            ]
+
+    def _update_internal_config_dict(self, file, must_exist: bool = True):
+        if not must_exist and not os.path.isfile(file):
+            return None
+        return super()._update_internal_config_dict(file)
+
+    def _get_final_config_dict(self):
+        final = super()._get_final_config_dict()
+        # RecBole's sequential models default to the CE loss but its overall.yaml turns negative
+        # sampling on, which RecBole then rejects; CE needs none, so default it off.
+        if (
+            final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+            and final.get("loss_type") == "CE"
+            and "train_neg_sample_args" not in self.external_config_dict
+            and not self._our_yaml_sets("train_neg_sample_args")
+        ):
+            final["train_neg_sample_args"] = None
+        return final
+
+    def _our_yaml_sets(self, key: str) -> bool:
+        return key in getattr(self, "_our_yaml_keys", set())
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        for key in ("data_path", "checkpoint_dir"):
+            value = self.final_config_dict.get(key)
+            if isinstance(value, str):
+                self.final_config_dict[key] = os.path.abspath(value)

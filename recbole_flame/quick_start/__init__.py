@@ -1,0 +1,8 @@
+from recbole_flame.quick_start.quick_start import (
+    check_dataset_on_disk,
+    objective_function,
+    prepare,
+    run,
+)
+
+__all__ = ["check_dataset_on_disk", "objective_function", "prepare", "run"]

@@ -1,0 +1,146 @@
+"""Train and evaluate one model on one dataset, as RecBole's ``run_recbole`` does."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from logging import getLogger
+from pathlib import Path
+from typing import Any
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_logger, init_seed
+
+from recbole_flame.config import Config
+from recbole_flame.utils.errors import ConfigError, DatasetNotFoundError
+from recbole_flame.utils.registry import get_model, get_trainer
+
+_ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")
+
+
+def check_dataset_on_disk(config: Config) -> None:
+    """Stop with one line if the dataset's folder is not there (RecBole would try to download
+    it, which offline ends in a long traceback)."""
+    folder = Path(config["data_path"])
+    name = config["dataset"]
+    if folder.is_dir() and any((folder / f"{name}.{s}").is_file() for s in _ATOMIC_SUFFIXES):
+        return
+    if config["benchmark_filename"]:
+        if all((folder / f"{name}.{p}.inter").is_file() for p in config["benchmark_filename"]):
+            return
+    raise DatasetNotFoundError(
+        f"dataset '{name}' not found: no atomic files such as {folder / (name + '.inter')}; "
+        f"set data_path (e.g. --data_path=DIR) to the folder that holds {name}/"
+    )
+
+
+def reset_logging(config: Config) -> None:
+    """RecBole's ``init_logger`` uses ``logging.basicConfig``, which does nothing once the root
+    logger has handlers; drop ours so each run logs to its own file."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    init_logger(config)
+
+
+def prepare(
+    model: str,
+    dataset: str,
+    config_file_list: Sequence[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    cmd_args: Sequence[str] | None = None,
+):
+    """Config, logger, dataset, splits, model and trainer, ready to ``fit``.
+
+    Returns ``(config, model, trainer, (train_data, valid_data, test_data))``.
+    """
+    config = Config(
+        model=model,
+        dataset=dataset,
+        config_file_list=config_file_list,
+        config_dict=config_dict,
+        cmd_args=cmd_args,
+    )
+    check_dataset_on_disk(config)
+    init_seed(config["seed"], config["reproducibility"])
+    reset_logging(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    return config, net, trainer, (train_data, valid_data, test_data)
+
+
+def run(
+    model: str,
+    dataset: str,
+    config_file_list: Sequence[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    saved: bool = True,
+    cmd_args: Sequence[str] | None = None,
+    callback_fn: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``dataset`` with early stopping on validation, then test the
+    best-validation model.
+
+    Returns RecBole's result dict (``best_valid_score``, ``valid_score_bigger``,
+    ``best_valid_result``, ``test_result``) plus ``model``, ``dataset``, ``checkpoint`` (the
+    best model's file, or None when ``saved`` is False) and any model-specific entries.
+    ``callback_fn(epoch, valid_score)`` is called after each validation.
+    """
+    config, _net, trainer, (train_data, valid_data, test_data) = prepare(
+        model, dataset, config_file_list, config_dict, cmd_args
+    )
+    logger = getLogger()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data,
+        valid_data,
+        saved=saved,
+        show_progress=config["show_progress"],
+        callback_fn=callback_fn,
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=True, show_progress=config["show_progress"]
+    )
+    logger.info(f"best valid : {best_valid_result}")
+    logger.info(f"test result: {test_result}")
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "checkpoint": trainer.saved_model_file
+        if saved and os.path.isfile(trainer.saved_model_file)
+        else None,
+    }
+    result.update(trainer.result_extras())
+    return result
+
+
+def objective_function(
+    config_dict: dict[str, Any] | None = None,
+    config_file_list: Sequence[str] | None = None,
+    saved: bool = False,
+) -> dict[str, Any]:
+    """RecBole's tuning objective: ``config_dict`` must name ``model`` and ``dataset``.
+
+    Selection uses validation only; the test result is reported for the record."""
+    config_dict = dict(config_dict or {})
+    model = config_dict.pop("model", None)
+    dataset = config_dict.pop("dataset", None)
+    if model is None or dataset is None:
+        raise ConfigError("objective_function needs 'model' and 'dataset' in config_dict")
+    return run(model, dataset, config_file_list, config_dict, saved=saved)

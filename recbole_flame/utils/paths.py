@@ -1,0 +1,19 @@
+"""Where the packaged yaml defaults are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent.parent
+
+
+def properties_dir() -> Path:
+    """The ``properties/`` folder: the top-level one in a source checkout (editable install),
+    else the copy the wheel ships as ``recbole_flame/properties``."""
+    for candidate in (_PKG.parent / "properties", _PKG / "properties"):
+        if (candidate / "model").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"recbole_flame's properties/ folder is missing (looked in {_PKG.parent} and {_PKG}); "
+        "reinstall the package"
+    )
