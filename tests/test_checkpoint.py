@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from recbole_flame.quick_start import prepare, run
-from recbole_flame.trainer.checkpoint import atomic_save, load_checkpoint
 from recbole_flame.utils import CheckpointError
+from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint
 from tests.conftest import TINY, seq_config
 
 

@@ -21,6 +21,8 @@ from recbole_flame.utils.paths import properties_dir
 from recbole_flame.utils.registry import canonical_model_name, get_model
 
 _NONE_WORDS = {"none", "null", "~"}
+# Made absolute at config time, so a run that changes directory (a Ray trial) still finds them.
+_PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
 
 
 def parse_value(text: str) -> Any:
@@ -64,8 +66,8 @@ class Config(RecBoleConfig):
     """A RecBole ``Config`` for this package's models and RecBole's.
 
     Unlike RecBole's, it does not read ``sys.argv`` on its own: pass command-line overrides as
-    ``cmd_args`` (the CLI does). Paths in ``data_path`` and ``checkpoint_dir`` are made
-    absolute, so a run that changes directory (a Ray Tune trial) still finds them.
+    ``cmd_args`` (the CLI does). Path-valued keys (``data_path``, ``checkpoint_dir``, ...) are
+    made absolute, so a run that changes directory (a Ray Tune trial) still finds them.
     """
 
     def __init__(
@@ -164,7 +166,7 @@ class Config(RecBoleConfig):
 
     def _set_default_parameters(self):
         super()._set_default_parameters()
-        for key in ("data_path", "checkpoint_dir"):
+        for key in _PATH_KEYS:
             value = self.final_config_dict.get(key)
             if isinstance(value, str):
                 self.final_config_dict[key] = os.path.abspath(value)

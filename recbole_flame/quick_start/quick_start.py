@@ -64,6 +64,9 @@ def prepare(
         config_dict=config_dict,
         cmd_args=cmd_args,
     )
+    check = getattr(config.model_class, "check_config", None)
+    if check is not None:
+        check(config)  # model-specific bad input stops here, before any data is loaded
     check_dataset_on_disk(config)
     init_seed(config["seed"], config["reproducibility"])
     reset_logging(config)

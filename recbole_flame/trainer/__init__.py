@@ -1,7 +1,9 @@
-from recbole_flame.trainer.checkpoint import atomic_save, load_checkpoint
+from recbole_flame.trainer.flame_trainer import FLAMETrainer
 from recbole_flame.trainer.trainer import SafeCheckpointMixin, Trainer, with_safe_checkpoints
+from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint
 
 __all__ = [
+    "FLAMETrainer",
     "SafeCheckpointMixin",
     "Trainer",
     "atomic_save",

@@ -11,7 +11,7 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import get_local_time
 
-from recbole_flame.trainer.checkpoint import (
+from recbole_flame.utils.checkpoint import (
     atomic_save,
     first_mismatch,
     load_checkpoint,

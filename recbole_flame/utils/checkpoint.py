@@ -18,8 +18,12 @@ from recbole_flame.utils.errors import CheckpointError
 def plain(value: Any) -> Any:
     """``value`` as data the weights-only unpickler accepts: enums and devices become strings,
     containers are walked, anything else unknown becomes its ``repr``."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+    if value is None or isinstance(value, torch.Tensor):
         return value
+    # Exact builtin types: numpy.float64 subclasses float but pickles as a numpy global.
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, enum.Enum):
         return value.name
     if isinstance(value, torch.device):

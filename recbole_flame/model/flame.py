@@ -1,0 +1,254 @@
+"""FLAME: Frozen and Learnable networks with Aligned Modular Ensemble.
+
+Reference:
+    WooJoo Kim et al. "FLAME: Condensing Ensemble Diversity into a Single Network for Efficient
+    Sequential Recommendation." SIGIR 2026. Authors' code: github.com/woo-joo/FLAME_SIGIR26.
+
+Two RecBole ``SASRec`` networks: ``frozen`` (trained in stage 1, then frozen) and ``learnable``
+(fresh). Each is cut into modules; a module of one network may feed the next module of either,
+so M modules give 2^M paths. Besides the recommendation loss of the learnable network alone,
+every pair of path outputs is aligned with a weighted InfoNCE whose weight ``lambda_r`` is
+annealed per epoch. Inference runs ``learnable`` alone: it *is* a RecBole SASRec.
+
+``path_mixing: tiled`` reproduces the authors' code: the streams entering a module are
+concatenated along the sequence axis and share one tiled (not block-diagonal) mask, so each
+position also attends to the other streams. ``independent`` runs each path on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.sequential_recommender.sasrec import SASRec
+
+from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint
+from recbole_flame.utils.errors import CheckpointError, ConfigError
+
+_CHOICES = {
+    "path_mixing": ("tiled", "independent"),
+    "module_split": ("embedding_encoder", "per_block"),
+}
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float, normalize: bool) -> torch.Tensor:
+    """NT-Xent over ``[a; b]``: row i's positive is the same sequence's other view, every other
+    row (but itself) is a negative; the mean cross-entropy over the 2B rows."""
+    z = torch.cat((a, b), dim=0)
+    if normalize:
+        z = F.normalize(z, dim=-1)
+    logits = z @ z.T / tau
+    n = a.size(0)
+    eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(eye, -1e4)
+    labels = torch.cat((torch.arange(n, 2 * n), torch.arange(0, n))).to(z.device)
+    return F.cross_entropy(logits, labels)
+
+
+def pair_weights(pairs: list[tuple[torch.Tensor, torch.Tensor]], detach: bool) -> torch.Tensor:
+    """``softmax`` over pairs of the negated mean inner product: less aligned pairs weigh more."""
+    scores = torch.stack([-(a * b).sum(-1).mean() for a, b in pairs])
+    if detach:
+        scores = scores.detach()
+    return torch.softmax(scores, dim=0)
+
+
+def check_frozen_checkpoint(config, path: str, n_items: int | None = None) -> dict:
+    """Load a stage-1 checkpoint and check it fits a SASRec of ``config``'s shape; returns its
+    state dict. Without ``n_items`` (no dataset yet) the item count is taken from the file."""
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"frozen_checkpoint '{path}' does not exist; give a SASRec checkpoint of this "
+            "package, or ~ to train one in stage 1"
+        )
+    state_dict = load_checkpoint(path)["state_dict"]
+    if n_items is None:
+        emb = state_dict.get("item_embedding.weight")
+        n_items = emb.shape[0] if emb is not None else 1
+    shaped = SASRec(config, _ItemCount(config["ITEM_ID_FIELD"], n_items))
+    problem = first_mismatch(shaped, state_dict)
+    if problem is not None:
+        raise CheckpointError(
+            f"frozen_checkpoint '{path}' does not fit the FLAME config: {problem}"
+        )
+    return state_dict
+
+
+class _ItemCount:
+    """The one thing SASRec reads from a dataset: its item count."""
+
+    def __init__(self, field: str, n_items: int) -> None:
+        self._field, self._n = field, n_items
+
+    def num(self, field: str) -> int:
+        return self._n if field == self._field else 0
+
+
+def annealed_lambda(
+    epoch: int, lambda_0: float, lambda_r_final: float, anneal_epochs: int
+) -> float:
+    """``lambda_0 * (lambda_R / lambda_0) ** (epoch / R)``, epoch counted from 1."""
+    return lambda_0 * (lambda_r_final / lambda_0) ** (epoch / anneal_epochs)
+
+
+class FLAME(SequentialRecommender):
+    r"""Frozen + learnable SASRec, aligned by guided mutual learning over modular paths.
+
+    Only ``learnable`` is used by :meth:`predict` and :meth:`full_sort_predict`.
+    The two-stage schedule is run by :class:`recbole_flame.trainer.FLAMETrainer`.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.check_config(config)
+        self.path_mixing = config["path_mixing"]
+        self.module_split = config["module_split"]
+        self.tau = float(config["tau"])
+        self.cl_normalize = bool(config["cl_normalize"])
+        self.detach_pair_weights = bool(config["detach_pair_weights"])
+        self.frozen_dropout = bool(config["frozen_dropout"])
+        self.lambda_0 = float(config["lambda_0"])
+        self.lambda_R = float(config["lambda_R"])
+        self.anneal_epochs = int(config["anneal_epochs"])
+        self.n_paths = config["n_paths"]
+
+        # The learnable network is built first, so it draws the same initial weights as a plain
+        # SASRec under the same seed; the frozen one is overwritten by the stage-1 checkpoint.
+        self.learnable = SASRec(config, dataset)
+        self.frozen = SASRec(config, dataset)
+        self.frozen.requires_grad_(False)
+
+        n_layers = config["n_layers"]
+        if self.module_split == "embedding_encoder":
+            self.blocks_per_module = [list(range(n_layers))]
+        else:
+            self.blocks_per_module = [[i] for i in range(n_layers)]
+        self.n_modules = 1 + len(self.blocks_per_module)
+        self.lambda_r = annealed_lambda(1, self.lambda_0, self.lambda_R, self.anneal_epochs)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Stop on settings FLAME cannot use, before any data is loaded."""
+        for key, allowed in _CHOICES.items():
+            if config[key] not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not '{config[key]}'")
+        if config["loss_type"] != "CE":
+            raise ConfigError("FLAME trains with the full-softmax CE loss: set loss_type: CE")
+        for key in ("tau", "anneal_epochs", "lambda_0", "lambda_R"):
+            if not isinstance(config[key], (int, float)) or config[key] <= 0:
+                raise ConfigError(f"{key} must be a positive number, not {config[key]!r}")
+        n_modules = 2 if config["module_split"] == "embedding_encoder" else 1 + config["n_layers"]
+        n_paths = config["n_paths"]
+        if n_paths is not None and not (isinstance(n_paths, int) and 2 <= n_paths <= 2**n_modules):
+            raise ConfigError(
+                f"n_paths must be an integer from 2 to {2**n_modules} (2^modules), or ~ for all"
+            )
+        if config["frozen_checkpoint"]:
+            check_frozen_checkpoint(config, config["frozen_checkpoint"])
+
+    # --- schedule -------------------------------------------------------------------------
+    def anneal(self, epoch: int) -> float:
+        """Set ``lambda_r`` for ``epoch`` (counted from 1); returns it."""
+        self.lambda_r = annealed_lambda(epoch, self.lambda_0, self.lambda_R, self.anneal_epochs)
+        return self.lambda_r
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.frozen_dropout:
+            self.frozen.eval()
+        return self
+
+    def load_frozen(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy stage-1 SASRec weights into ``frozen`` (shapes are checked by the caller)."""
+        self.frozen.load_state_dict(state_dict)
+        self.frozen.requires_grad_(False)
+
+    # --- modules --------------------------------------------------------------------------
+    @staticmethod
+    def embed(net: SASRec, item_seq: torch.Tensor) -> torch.Tensor:
+        """Module E of a SASRec: item + position embedding, LayerNorm, dropout."""
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+        emb = net.item_embedding(item_seq) + net.position_embedding(positions)
+        return net.dropout(net.LayerNorm(emb))
+
+    def _run_blocks(
+        self, net: SASRec, blocks: list[int], streams: list[torch.Tensor], mask: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Run ``net``'s transformer ``blocks`` over ``streams`` (each B x L x d)."""
+        k = len(streams)
+        if self.path_mixing == "tiled":  # side by side on the sequence axis, one tiled mask
+            axis, stream_mask = 1, mask.repeat(1, 1, k, k)
+        else:  # stacked on the batch axis: block-diagonal, each stream on its own
+            axis, stream_mask = 0, mask.repeat(k, 1, 1, 1)
+        hidden = torch.cat(streams, dim=axis)
+        for i in blocks:
+            hidden = net.trm_encoder.layer[i](hidden, stream_mask)
+        return list(hidden.split(streams[0].size(axis), dim=axis))
+
+    def sample_paths(self) -> list[str]:
+        """All path labels, or ``n_paths`` of them drawn at random (a new draw every step)."""
+        every = ["".join(p) for p in itertools.product("lf", repeat=self.n_modules)]
+        if self.n_paths is None or int(self.n_paths) >= len(every):
+            return every
+        return sorted(random.sample(every, int(self.n_paths)))
+
+    def path_outputs(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, paths: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Each path's encoder output at the last real position (B x d), keyed by its label:
+        one letter per module, first module first (``lf`` = ``T_f(E_l(s))``)."""
+        paths = paths or self.sample_paths()
+        nets = {"l": self.learnable, "f": self.frozen}
+        mask = self.get_attention_mask(item_seq)
+        streams = {c: self.embed(nets[c], item_seq) for c in sorted({p[0] for p in paths})}
+        for depth, blocks in enumerate(self.blocks_per_module, start=1):
+            prefixes = sorted({p[: depth + 1] for p in paths})
+            nxt: dict[str, torch.Tensor] = {}
+            for c in "lf":
+                wanted = [p for p in prefixes if p[-1] == c]
+                if not wanted:
+                    continue
+                parents = [p[:-1] for p in wanted]
+                outs = self._run_blocks(nets[c], blocks, [streams[q] for q in parents], mask)
+                nxt.update(zip(wanted, outs, strict=True))
+            streams = nxt
+        return {p: self.gather_indexes(streams[p], item_seq_len - 1) for p in paths}
+
+    # --- RecBole interface ----------------------------------------------------------------
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        return self.learnable(item_seq, item_seq_len)
+
+    def calculate_loss(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_rec, lambda_r * sum_p w_p InfoNCE_p)``; RecBole sums and logs both."""
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.learnable(item_seq, item_seq_len)
+        logits = seq_output @ self.learnable.item_embedding.weight.T
+        rec_loss = F.cross_entropy(logits, interaction[self.POS_ITEM_ID])
+        if self.lambda_r == 0.0:
+            return rec_loss, rec_loss.new_zeros(())
+        return rec_loss, self.lambda_r * self.alignment_loss(item_seq, item_seq_len)
+
+    def alignment_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """``sum_p w_p InfoNCE_p`` over the unordered pairs of path outputs."""
+        outputs = self.path_outputs(item_seq, item_seq_len)
+        pairs = list(itertools.combinations(outputs.values(), 2))
+        weights = pair_weights(pairs, self.detach_pair_weights)
+        losses = torch.stack([info_nce(a, b, self.tau, self.cl_normalize) for a, b in pairs])
+        return (weights * losses).sum()
+
+    def predict(self, interaction) -> torch.Tensor:
+        return self.learnable.predict(interaction)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        return self.learnable.full_sort_predict(interaction)
+
+    def extra_repr(self) -> str:
+        return (
+            f"path_mixing={self.path_mixing}, module_split={self.module_split}, "
+            f"modules={self.n_modules}, n_paths={self.n_paths or 2**self.n_modules}"
+        )

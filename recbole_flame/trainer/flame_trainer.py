@@ -1,0 +1,223 @@
+"""FLAME's two-stage trainer: pretrain and freeze a SASRec, then guided mutual learning."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from recbole.model.sequential_recommender.sasrec import SASRec
+from recbole.utils import init_seed
+
+from recbole_flame.model.flame import check_frozen_checkpoint
+from recbole_flame.trainer.trainer import Trainer
+from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint, plain
+
+# Keys that do not change what stage 1 learns: FLAME's own stage-2 keys, and where or how
+# verbosely a run happens. Every other key is part of the stage-1 cache key.
+_NOT_STAGE1 = frozenset(
+    {
+        "path_mixing",
+        "module_split",
+        "n_paths",
+        "tau",
+        "cl_normalize",
+        "detach_pair_weights",
+        "frozen_dropout",
+        "lambda_0",
+        "lambda_R",
+        "anneal_epochs",
+        "frozen_checkpoint",
+        "stage1_cache_dir",
+        "stage1_epochs",
+        "epochs",
+        "model",
+        "data_path",
+        "checkpoint_dir",
+        "gpu_id",
+        "use_gpu",
+        "device",
+        "state",
+        "show_progress",
+        "worker",
+        "log_wandb",
+        "wandb_project",
+        "eval_batch_size",
+        "single_spec",
+        "local_rank",
+        "config_files",
+        "save_dataset",
+        "save_dataloaders",
+        "dataset_save_path",
+        "dataloaders_save_path",
+    }
+)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock, so concurrent trials wait for one stage-1 run instead of each training."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _dataset_fingerprint(config) -> dict[str, str]:
+    """sha1 of each of the dataset's atomic files, so edited data never reuses a stale stage 1."""
+    folder = Path(config["data_path"])
+    prints = {}
+    for path in sorted(folder.glob(f"{config['dataset']}.*")):
+        if path.is_file():
+            digest = hashlib.sha1()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            prints[path.name] = digest.hexdigest()
+    return prints
+
+
+def stage1_key(config) -> dict[str, Any]:
+    """What determines the stage-1 model: every training and data setting except FLAME's own
+    and the run's location, the stage-1 epoch budget, and the data files' hashes."""
+    settings = {k: plain(v) for k, v in config.final_config_dict.items() if k not in _NOT_STAGE1}
+    settings["stage1_epochs"] = stage1_epochs(config)
+    settings["data_files"] = _dataset_fingerprint(config)
+    return settings
+
+
+def stage1_epochs(config) -> int:
+    return int(config["stage1_epochs"] or config["epochs"])
+
+
+class FLAMETrainer(Trainer):
+    """Stage 1 trains the backbone SASRec with the FLAME config's settings on the same data and
+    selects it on validation (or loads ``frozen_checkpoint``; or reuses a cached stage 1 with
+    the same data, settings and seed). Stage 2 freezes it, trains the learnable network with
+    ``lambda_r`` annealed by epoch, early-stops on validation; testing uses the best model."""
+
+    def __init__(self, config, model) -> None:
+        super().__init__(config, model)
+        self.stage1_checkpoint: str | None = None
+        self.stage1_source: str | None = None
+        self.stage1_valid_result: dict[str, float] | None = None
+
+    def _build_optimizer(self, **kwargs):
+        kwargs.setdefault("params", [p for p in self.model.parameters() if p.requires_grad])
+        return super()._build_optimizer(**kwargs)
+
+    # --- stage 1 --------------------------------------------------------------------------
+    def stage1_path(self) -> Path:
+        key = stage1_key(self.config)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        folder = self.config["stage1_cache_dir"] or os.path.join(
+            self.config["checkpoint_dir"], "flame_stage1"
+        )
+        return Path(folder).absolute() / f"SASRec-{self.config['dataset']}-{digest}.pth"
+
+    def run_stage1(self, train_data, valid_data, show_progress: bool = False) -> str:
+        """The stage-1 checkpoint's path: given, cached, or trained now."""
+        given = self.config["frozen_checkpoint"]
+        if given:
+            self.stage1_source = "given"
+            return str(given)
+        path = self.stage1_path()
+        with _file_lock(path.with_name(path.name + ".lock")):
+            if path.is_file():
+                self.stage1_source = "cache"
+                self.logger.info(f"FLAME stage 1: reusing cached backbone {path}")
+                return str(path)
+            self.stage1_source = "trained"
+            self._train_backbone(path, train_data, valid_data, show_progress)
+        return str(path)
+
+    def _train_backbone(self, path: Path, train_data, valid_data, show_progress: bool) -> None:
+        epochs = stage1_epochs(self.config)
+        self.logger.info(f"FLAME stage 1: training the backbone SASRec for up to {epochs} epochs")
+        init_seed(self.config["seed"], self.config["reproducibility"])
+        backbone = SASRec(self.config, train_data._dataset).to(self.device)
+        trainer = Trainer(self.config, backbone)
+        trainer.epochs = epochs
+        trainer.eval_step = min(self.config["eval_step"], epochs)
+        # Train into a private file; only a finished stage 1 appears under the cache name.
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        trainer.saved_model_file = str(partial)
+        try:
+            _, best_valid = trainer.fit(
+                train_data, valid_data, saved=True, show_progress=show_progress
+            )
+            state = load_checkpoint(partial)
+            state["stage1_key"] = stage1_key(self.config)
+            state["best_valid_result"] = plain(best_valid)
+            atomic_save(state, path)
+        finally:
+            if partial.exists():
+                partial.unlink()
+        self.stage1_valid_result = dict(best_valid or {})
+        self.logger.info(f"FLAME stage 1: best valid {best_valid}; saved {path}")
+
+    def load_frozen(self, path: str) -> None:
+        n_items = self.model.learnable.item_embedding.num_embeddings
+        state_dict = check_frozen_checkpoint(self.config, path, n_items=n_items)
+        self.model.load_frozen(state_dict)
+        if self.stage1_valid_result is None:
+            saved = load_checkpoint(path).get("best_valid_result")
+            self.stage1_valid_result = dict(saved) if saved else None
+
+    # --- stage 2 --------------------------------------------------------------------------
+    def fit(
+        self,
+        train_data,
+        valid_data=None,
+        verbose=True,
+        saved=True,
+        show_progress=False,
+        callback_fn=None,
+    ):
+        if self.start_epoch == 0:  # a resumed run already holds its frozen weights
+            self.stage1_checkpoint = self.run_stage1(train_data, valid_data, show_progress)
+            self.load_frozen(self.stage1_checkpoint)
+            # Stage 2 starts from the same random state whether stage 1 ran or was reused:
+            # the global generators, and the training loader's own shuffling generator.
+            init_seed(
+                self.config["seed"] + self.config["local_rank"], self.config["reproducibility"]
+            )
+            if getattr(train_data, "generator", None) is not None:
+                train_data.generator.manual_seed(self.config["seed"])
+        self.logger.info(
+            f"FLAME stage 2: guided mutual learning against {self.stage1_checkpoint} "
+            f"({self.stage1_source})"
+        )
+        return super().fit(
+            train_data,
+            valid_data,
+            verbose=verbose,
+            saved=saved,
+            show_progress=show_progress,
+            callback_fn=callback_fn,
+        )
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        lambda_r = self.model.anneal(epoch_idx + 1)
+        self.tensorboard.add_scalar("FLAME/lambda_r", lambda_r, epoch_idx)
+        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        line = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
+        return f"{line} lambda_r={self.model.lambda_r:.4g}"
+
+    def result_extras(self) -> dict[str, Any]:
+        return {
+            "stage1_checkpoint": self.stage1_checkpoint,
+            "stage1_source": self.stage1_source,
+            "stage1_valid_result": self.stage1_valid_result,
+        }

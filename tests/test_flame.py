@@ -1,0 +1,251 @@
+"""FLAME against independent references: hand-computed losses, RecBole's SASRec, a naive
+tiled-attention mask, and the two-stage schedule."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from recbole.model.sequential_recommender.sasrec import SASRec
+
+from recbole_flame.config import Config
+from recbole_flame.model.flame import annealed_lambda, info_nce, pair_weights
+from recbole_flame.quick_start import prepare, run
+from recbole_flame.utils import CheckpointError
+from recbole_flame.utils.checkpoint import load_checkpoint
+from tests.conftest import TINY, seq_config
+from tests.test_cli import SCRIPT, _one_line_error
+
+
+def flame_config(data_root, **overrides):
+    return seq_config(data_root, n_layers=2, **overrides)
+
+
+@pytest.fixture(scope="module")
+def sasrec_checkpoint(data_root, tmp_path_factory):
+    """A stage-1-shaped SASRec checkpoint, trained by this package on the tiny data."""
+    cwd = tmp_path_factory.mktemp("sasrec")
+    old = __import__("os").getcwd()
+    __import__("os").chdir(cwd)
+    try:
+        config = flame_config(data_root, seed=42, checkpoint_dir=str(cwd / "saved"))
+        return run("SASRec", TINY, config_dict=config)["checkpoint"]
+    finally:
+        __import__("os").chdir(old)
+
+
+def _batch(model_data):
+    """One evaluation batch: (item_seq, item_seq_len, interaction)."""
+    interaction = next(iter(model_data))[0]
+    return interaction["item_id_list"], interaction["item_length"], interaction
+
+
+# --- formulas -----------------------------------------------------------------------------
+def test_lambda_schedule_defaults():
+    cfg = Config("FLAME", "ml-100k")
+    expected = {1: 0.944, 20: 0.316, 80: 0.01, 200: 1e-5}
+    for epoch, value in expected.items():
+        got = annealed_lambda(epoch, cfg["lambda_0"], cfg["lambda_R"], cfg["anneal_epochs"])
+        assert got == pytest.approx(value, rel=2e-3), epoch
+
+
+def test_info_nce_hand_computed():
+    # B=2, d=1, tau=1: z = [1, 2, 1, 0]; row i's logits are z_i * z_j with the diagonal masked.
+    a = torch.tensor([[1.0], [2.0]])
+    b = torch.tensor([[1.0], [0.0]])
+    e = math.e
+    rows = [
+        -1 + math.log(e**2 + e + 1),  # z=1 vs [2, 1, 0], positive 1
+        math.log(e**2 + e**2 + 1),  # z=2 vs [2, 2, 0], positive 0
+        -1 + math.log(e + e**2 + 1),  # z=1 vs [1, 2, 0], positive 1
+        math.log(3),  # z=0 vs [0, 0, 0], positive 0
+    ]
+    assert info_nce(a, b, tau=1.0, normalize=False).item() == pytest.approx(sum(rows) / 4)
+    # tau divides every logit.
+    rows_tau = [
+        -0.5 + math.log(e**1 + e**0.5 + 1),
+        math.log(2 * e**1 + 1),
+        -0.5 + math.log(e**0.5 + e**1 + 1),
+        math.log(3),
+    ]
+    assert info_nce(a, b, tau=2.0, normalize=False).item() == pytest.approx(sum(rows_tau) / 4)
+
+
+def test_info_nce_normalized_ignores_scale():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    base = info_nce(a, b, 0.5, normalize=True)
+    assert info_nce(7 * a, 0.1 * b, 0.5, normalize=True).item() == pytest.approx(base.item())
+    assert info_nce(7 * a, 0.1 * b, 0.5, normalize=False).item() != pytest.approx(base.item())
+
+
+def test_pair_weights_favour_less_aligned_pairs():
+    one = torch.ones(2, 1)
+    pairs = [(one, one), (one, 3 * one)]  # mean dot products 1 and 3
+    w = pair_weights(pairs, detach=False)
+    z = math.exp(-1) + math.exp(-3)
+    assert w.tolist() == pytest.approx([math.exp(-1) / z, math.exp(-3) / z])
+
+
+# --- the model against RecBole's SASRec and a naive tiled attention -----------------------
+@pytest.fixture
+def flame_parts(data_root, workdir, sasrec_checkpoint):
+    def build(**overrides):
+        config = flame_config(data_root, frozen_checkpoint=sasrec_checkpoint, **overrides)
+        cfg, model, trainer, data = prepare("FLAME", TINY, config_dict=config)
+        trainer.load_frozen(sasrec_checkpoint)
+        return cfg, model, trainer, data
+
+    return build
+
+
+def test_full_sort_equals_recbole_sasrec_with_learnable_weights(flame_parts):
+    cfg, model, _, (train_data, _, test_data) = flame_parts()
+    reference = SASRec(cfg, train_data._dataset)
+    reference.load_state_dict(model.learnable.state_dict())
+    model.eval(), reference.eval()
+    _, _, interaction = _batch(test_data)
+    ours = model.full_sort_predict(interaction)
+    theirs = reference.full_sort_predict(interaction)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_independent_paths_equal_each_network_alone(flame_parts):
+    _, model, _, (_, _, test_data) = flame_parts(path_mixing="independent")
+    model.eval()
+    seq, lens, _ = _batch(test_data)
+    with torch.no_grad():
+        out = model.path_outputs(seq, lens)
+        assert torch.allclose(out["ff"], model.frozen(seq, lens), atol=1e-6)
+        assert torch.allclose(out["ll"], model.learnable(seq, lens), atol=1e-6)
+
+
+def _naive_tiled_mask(item_seq: torch.Tensor, k: int) -> torch.Tensor:
+    """Additive mask for k streams of length L side by side: query (s, i) sees key (t, j) iff
+    j <= i and position j is a real item, whatever the streams s and t."""
+    batch, length = item_seq.shape
+    mask = torch.full((batch, 1, k * length, k * length), -10000.0)
+    for b in range(batch):
+        for q in range(k * length):
+            for key in range(k * length):
+                i, j = q % length, key % length
+                if j <= i and item_seq[b, j] != 0:
+                    mask[b, 0, q, key] = 0.0
+    return mask
+
+
+def test_tiled_paths_equal_a_naive_tiled_attention(flame_parts):
+    _, model, _, (_, _, test_data) = flame_parts(path_mixing="tiled")
+    model.eval()
+    seq, lens, _ = _batch(test_data)
+    seq, lens = seq[:6], lens[:6]
+    length = seq.size(1)
+    with torch.no_grad():
+        out = model.path_outputs(seq, lens)
+        mask = _naive_tiled_mask(seq, 2)
+        streams = torch.cat((model.embed(model.learnable, seq), model.embed(model.frozen, seq)), 1)
+        rows = torch.arange(len(seq))
+        for encoder_net, first, second in (
+            (model.learnable, "ll", "fl"),
+            (model.frozen, "lf", "ff"),
+        ):
+            hidden = encoder_net.trm_encoder(streams, mask, output_all_encoded_layers=False)[-1]
+            assert torch.allclose(out[first], hidden[rows, lens - 1], atol=1e-5)
+            assert torch.allclose(out[second], hidden[rows, length + lens - 1], atol=1e-5)
+        # Tiling really mixes the streams: ll is not the learnable network alone.
+        assert not torch.allclose(out["ll"], model.learnable(seq, lens), atol=1e-4)
+
+
+def test_per_block_paths_follow_their_labels(flame_parts):
+    _, model, _, (_, _, test_data) = flame_parts(
+        path_mixing="independent", module_split="per_block"
+    )
+    model.eval()
+    assert model.n_modules == 3 and len(model.sample_paths()) == 8
+    seq, lens, _ = _batch(test_data)
+    mask = model.get_attention_mask(seq)
+    nets = {"l": model.learnable, "f": model.frozen}
+    with torch.no_grad():
+        out = model.path_outputs(seq, lens)
+        for label in ("lfl", "fll", "ffl"):
+            hidden = model.embed(nets[label[0]], seq)
+            for block, net in enumerate(label[1:]):
+                hidden = nets[net].trm_encoder.layer[block](hidden, mask)
+            expected = hidden[torch.arange(len(seq)), lens - 1]
+            assert torch.allclose(out[label], expected, atol=1e-6), label
+
+
+def test_n_paths_samples_that_many_distinct_paths(flame_parts):
+    _, model, _, (train_data, _, _) = flame_parts(module_split="per_block", n_paths=3)
+    model.train()
+    paths = model.sample_paths()
+    assert len(paths) == 3 == len(set(paths))
+    batch = next(iter(train_data))
+    rec, cl = model.calculate_loss(batch)
+    assert torch.isfinite(rec) and torch.isfinite(cl) and cl.item() > 0
+
+
+# --- training -----------------------------------------------------------------------------
+def test_stage2_changes_only_the_learnable_network(flame_parts, sasrec_checkpoint):
+    _, model, trainer, (train_data, valid_data, _) = flame_parts(epochs=2)
+    before = {k: v.clone() for k, v in model.learnable.state_dict().items()}
+    trainer.fit(train_data, valid_data, saved=False)
+    frozen_ref = load_checkpoint(sasrec_checkpoint)["state_dict"]
+    for key, value in model.frozen.state_dict().items():
+        assert torch.equal(value, frozen_ref[key]), key
+    changed = [k for k, v in model.learnable.state_dict().items() if not torch.equal(v, before[k])]
+    assert (
+        "item_embedding.weight" in changed
+        and "trm_encoder.layer.0.feed_forward.dense_1.weight" in changed
+    )
+    assert all(p.grad is None for p in model.frozen.parameters())
+    # lambda follows the trainer's epochs, counted from 1.
+    assert model.lambda_r == pytest.approx(annealed_lambda(2, 1.0, 1e-5, 200))
+
+
+def test_two_stages_end_to_end_and_stage1_cache(data_root, workdir):
+    config = flame_config(data_root, epochs=2)
+    first = run("FLAME", TINY, config_dict=config)
+    assert first["stage1_source"] == "trained"
+    assert first["stage1_checkpoint"] and first["checkpoint"]
+    assert 0 <= first["test_result"]["ndcg@10"] <= 1
+    second = run("FLAME", TINY, config_dict=dict(config, tau=0.5))  # a stage-2-only change
+    assert second["stage1_source"] == "cache"
+    assert second["stage1_checkpoint"] == first["stage1_checkpoint"]
+    third = run("FLAME", TINY, config_dict=config)
+    assert third["test_result"] == first["test_result"]  # cached stage 1 changes nothing
+    # Stage 1 is RecBole's SASRec on the same pipeline with the FLAME config's settings.
+    sasrec = run("SASRec", TINY, config_dict=dict(config, seed=42), saved=False)
+    assert first["stage1_valid_result"] == dict(sasrec["best_valid_result"])
+
+
+def test_frozen_checkpoint_that_does_not_fit(data_root, workdir, sasrec_checkpoint):
+    config = flame_config(data_root, hidden_size=32, frozen_checkpoint=sasrec_checkpoint)
+    with pytest.raises(CheckpointError) as info:
+        run("FLAME", TINY, config_dict=config, saved=False)
+    assert sasrec_checkpoint in str(info.value) and "item_embedding.weight" in str(info.value)
+
+
+def test_missing_frozen_checkpoint_is_one_line(data_root, tmp_path):
+    missing = tmp_path / "nope.pth"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--model=FLAME",
+            "--dataset=ml-100k",
+            f"--frozen_checkpoint={missing}",
+            "--epochs=1",
+            "--gpu_id=",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    line = _one_line_error(proc)
+    assert str(missing) in line and "frozen_checkpoint" in line
