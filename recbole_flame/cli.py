@@ -1,4 +1,9 @@
-"""Command line: ``python run_recbole_flame.py --model=FLAME --dataset=ml-100k [--key=value ...]``."""
+"""Command line.
+
+python run_recbole_flame.py --model=FLAME --dataset=ml-100k [--key=value ...]
+python run_recbole_flame.py --model=FLAME --hyper=hyper/FLAME.hyper --trials=8   # Ray Tune
+python run_recbole_flame.py --model=FLAME,SASRec,BERT4Rec --seeds=1,2,3          # compare
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,40 @@ from recbole_flame.utils.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_recbole_flame.py",
-        description="Train and test a recbole_flame or RecBole model with RecBole's pipeline. "
-        "Any other --key=value sets a RecBole config key (e.g. --epochs=5 --data_path=DIR).",
+        description="Train and test a recbole_flame or RecBole model with RecBole's pipeline, "
+        "tune it with Ray Tune (--hyper), or compare several (--model=A,B,C). Any other "
+        "--key=value sets a RecBole config key (e.g. --epochs=5 --data_path=DIR).",
         allow_abbrev=False,
     )
-    parser.add_argument("--model", "-m", default="BPR", help="model name (ours or RecBole's)")
-    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
     parser.add_argument(
-        "--config_files", default=None, help="config yaml files, separated by spaces"
+        "--model", "-m", default="BPR", help="model name (ours or RecBole's); A,B,C compares"
     )
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
+    parser.add_argument("--config_files", default=None, help="config yaml files, space-separated")
+    tune = parser.add_argument_group("Ray Tune search (with --hyper)")
+    tune.add_argument("--hyper", default=None, help="hyper file (RecBole format) to search over")
+    tune.add_argument("--trials", type=int, default=8, help="number of trials")
+    tune.add_argument("--cpus_per_trial", type=float, default=None, help="default: all CPUs")
+    tune.add_argument(
+        "--gpus_per_trial", type=float, default=None, help="default: 1 if CUDA is available, else 0"
+    )
+    tune.add_argument("--max_concurrent", type=int, default=None, help="trials at once")
+    tune.add_argument("--ray_address", default=None, help="existing Ray cluster; default: local")
+    tune.add_argument("--output_dir", default=None, help="default: ray_results or comparison")
+    tune.add_argument("--name", default=None, help="experiment name (default: MODEL-DATASET)")
+    tune.add_argument("--resume", action="store_true", help="resume an interrupted search")
+    compare = parser.add_argument_group("comparison (with --model=A,B,...)")
+    compare.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 1,2,3")
     return parser
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise UserError(f"--seeds must be comma-separated integers, got '{text}'") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,9 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     config_files = args.config_files.split() if args.config_files else None
     try:
-        from recbole_flame.quick_start import run
+        models = [m.strip() for m in args.model.split(",") if m.strip()]
+        seeds = _seeds(args.seeds)
+        if args.hyper:
+            if len(models) != 1:
+                raise UserError("--hyper tunes one model; give a single --model")
+            _search(args, overrides)
+        elif len(models) > 1 or seeds:
+            _compare(args, models, seeds, config_files, overrides)
+        else:
+            from recbole_flame.quick_start import run
 
-        run(args.model, args.dataset, config_files, cmd_args=overrides)
+            run(models[0] if models else args.model, args.dataset, config_files, cmd_args=overrides)
     except UserError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -39,3 +77,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _search(args, overrides: Sequence[str]) -> None:
+    from recbole_flame.tuning.search import run_search, settings_from_cli, trials_markdown
+
+    if args.output_dir is None:
+        args.output_dir = "ray_results"
+    summary = run_search(settings_from_cli(args, overrides))
+    print(trials_markdown(summary))
+    print(f"\nbest config: {summary['best_config']} (valid {summary['best_valid_score']})")
+    print(f"test result of the best config: {summary['test_result']}")
+    print(f"written: {summary['experiment']}/search_results.json and trials.csv")
+
+
+def _compare(args, models, seeds, config_files, overrides: Sequence[str]) -> None:
+    from recbole_flame.config import parse_cmd_args
+    from recbole_flame.tuning.compare import markdown, run_comparison
+
+    parsed = parse_cmd_args(overrides)
+    seeds = seeds or [int(parsed.pop("seed", 2020))]
+    output = args.output_dir or "comparison"
+    summary = run_comparison(models, args.dataset, seeds, config_files or (), parsed, output)
+    print(markdown(summary))
+    print(f"\nwritten: {output}/comparison.md, .csv, .json and convergence.png")

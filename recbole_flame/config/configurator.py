@@ -22,7 +22,7 @@ from recbole_flame.utils.registry import canonical_model_name, get_model
 
 _NONE_WORDS = {"none", "null", "~"}
 # Made absolute at config time, so a run that changes directory (a Ray trial) still finds them.
-_PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
+PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
 
 
 def parse_value(text: str) -> Any:
@@ -166,7 +166,7 @@ class Config(RecBoleConfig):
 
     def _set_default_parameters(self):
         super()._set_default_parameters()
-        for key in _PATH_KEYS:
+        for key in PATH_KEYS:
             value = self.final_config_dict.get(key)
             if isinstance(value, str):
                 self.final_config_dict[key] = os.path.abspath(value)

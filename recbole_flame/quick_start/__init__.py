@@ -3,6 +3,7 @@ from recbole_flame.quick_start.quick_start import (
     objective_function,
     prepare,
     run,
+    train_and_test,
 )
 
-__all__ = ["check_dataset_on_disk", "objective_function", "prepare", "run"]
+__all__ = ["check_dataset_on_disk", "objective_function", "prepare", "run", "train_and_test"]

@@ -99,12 +99,22 @@ def run(
 
     Returns RecBole's result dict (``best_valid_score``, ``valid_score_bigger``,
     ``best_valid_result``, ``test_result``) plus ``model``, ``dataset``, ``checkpoint`` (the
-    best model's file, or None when ``saved`` is False) and any model-specific entries.
-    ``callback_fn(epoch, valid_score)`` is called after each validation.
+    best model's file, or None when ``saved`` is False), ``epoch_train_seconds`` and any
+    model-specific entries. ``callback_fn(epoch, valid_score)`` is called after each validation.
     """
-    config, _net, trainer, (train_data, valid_data, test_data) = prepare(
-        model, dataset, config_file_list, config_dict, cmd_args
-    )
+    config, _net, trainer, data = prepare(model, dataset, config_file_list, config_dict, cmd_args)
+    return train_and_test(config, trainer, data, saved=saved, callback_fn=callback_fn)
+
+
+def train_and_test(
+    config: Config,
+    trainer,
+    data: tuple,
+    saved: bool = True,
+    callback_fn: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """``fit`` on the training split with validation, then ``evaluate`` the best model on test."""
+    train_data, valid_data, test_data = data
     logger = getLogger()
     best_valid_score, best_valid_result = trainer.fit(
         train_data,
@@ -128,6 +138,7 @@ def run(
         "checkpoint": trainer.saved_model_file
         if saved and os.path.isfile(trainer.saved_model_file)
         else None,
+        "epoch_train_seconds": list(trainer.epoch_train_seconds),
     }
     result.update(trainer.result_extras())
     return result

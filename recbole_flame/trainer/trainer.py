@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import uuid
 from typing import Any
 
@@ -37,6 +38,13 @@ class SafeCheckpointMixin:
         self.saved_model_file = os.path.join(self.checkpoint_dir, name)
         self._persist = True
         self._best_in_memory: dict[str, Any] | None = None
+        self.epoch_train_seconds: list[float] = []
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        start = time.perf_counter()
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self.epoch_train_seconds.append(time.perf_counter() - start)
+        return losses
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         """Everything a checkpoint holds, as tensors and plain data."""

@@ -1,0 +1,118 @@
+"""Hyper files, the Ray Tune search and the model comparison."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from recbole_flame.tuning.compare import run_comparison
+from recbole_flame.tuning.hyper import HyperFileError, parse_hyper_file
+from recbole_flame.tuning.search import SearchSettings, run_search
+from tests.conftest import TINY, seq_config
+
+
+def _write(tmp_path, text, name="m.hyper"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_hyper_file_all_kinds(tmp_path):
+    path = _write(
+        tmp_path,
+        "# comment line\n"
+        "learning_rate loguniform -8,0   # natural-log bounds\n"
+        "tau uniform 0.1,2.0\n"
+        "n_layers choice [1,2,3]\n"
+        "base_models choice [[DCNV2, DeepFM], ['DCNV2', 'DCNV2']]\n"
+        "\n"
+        "inner_size quniform 64,512,64\n",
+    )
+    params = {p.name: p for p in parse_hyper_file(path)}
+    assert params["learning_rate"].values == (-8.0, 0.0)
+    space = params["learning_rate"].to_tune()
+    assert space.lower == pytest.approx(math.exp(-8)) and space.upper == pytest.approx(1.0)
+    assert params["tau"].values == (0.1, 2.0)
+    assert params["n_layers"].values == (1, 2, 3)
+    assert params["base_models"].values == (["DCNV2", "DeepFM"], ["DCNV2", "DCNV2"])
+    assert params["inner_size"].values == (64.0, 512.0, 64.0)
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("tau uniform 2.0,0.1", "lo < hi"),
+        ("tau uniform 1", "lo,hi"),
+        ("tau normal 0,1", "unknown kind"),
+        ("tau", "name kind values"),
+        ("n_layers choice 3", "non-empty list"),
+        ("inner_size quniform 64,512,0", "positive step"),
+        ("lr loguniform a,b", "numbers"),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path, line, problem):
+    path = _write(tmp_path, f"n_heads choice [1,2]\n{line}\n")
+    with pytest.raises(HyperFileError) as info:
+        parse_hyper_file(path)
+    assert f"{path}:2" in str(info.value) and problem in str(info.value)
+
+
+def test_hyper_values_are_never_evaluated(tmp_path):
+    marker = tmp_path / "evaluated"
+    path = _write(tmp_path, f"x choice [open('{marker}', 'w')]\n")
+    with pytest.raises(HyperFileError, match=":1: 'choice' needs"):
+        parse_hyper_file(path)  # RecBole would eval() this line and create the file
+    assert not marker.exists()
+
+
+def _search(data_root, tmp_path, hyper_text, trials, **overrides):
+    settings = SearchSettings(
+        model="SASRec",
+        dataset=TINY,
+        hyper_file=str(_write(tmp_path, hyper_text)),
+        trials=trials,
+        overrides=seq_config(data_root, epochs=2, **overrides),
+        cpus_per_trial=1,
+        output_dir=str(tmp_path / "ray"),
+    )
+    return run_search(settings)
+
+
+def test_two_trial_search_writes_results(data_root, workdir):
+    summary = _search(data_root, workdir, "learning_rate choice [0.001,0.01]\n", trials=2)
+    assert len(summary["trials"]) == 2
+    assert all(row["status"] == "done" and row["epochs"] >= 1 for row in summary["trials"])
+    assert summary["best_config"]["learning_rate"] in (0.001, 0.01)
+    assert 0 <= summary["test_result"]["ndcg@10"] <= 1
+    written = json.loads((workdir / "ray" / f"SASRec-{TINY}" / "search_results.json").read_text())
+    assert written["best_config"] == summary["best_config"]
+    assert (workdir / "ray" / f"SASRec-{TINY}" / "trials.csv").is_file()
+
+
+def test_failing_trials_are_marked_and_the_search_ends(data_root, workdir):
+    # 16 is not a multiple of 3 heads: every trial raises when it builds the model.
+    summary = _search(data_root, workdir, "n_heads choice [3]\n", trials=2)
+    assert [row["status"].startswith("ERROR") for row in summary["trials"]] == [True, True]
+    assert summary["best_config"] is None
+    assert (workdir / "ray" / f"SASRec-{TINY}" / "search_results.json").is_file()
+
+
+def test_comparison_writes_table_csv_json_png(data_root, workdir):
+    out = workdir / "cmp"
+    summary = run_comparison(
+        ["SASRec", "GRU4Rec"],
+        TINY,
+        seeds=[1, 2],
+        overrides=seq_config(data_root, epochs=2, embedding_size=16),
+        output_dir=str(out),
+    )
+    assert summary["models"] == ["SASRec", "GRU4Rec"]
+    gru = summary["rows"][1]
+    assert gru["ndcg@10"]["p_vs_first"] is None or 0 <= gru["ndcg@10"]["p_vs_first"] <= 1
+    assert len(gru["ndcg@10"]["values"]) == 2 and gru["parameters"] > 0
+    for name in ("comparison.md", "comparison.csv", "comparison.json", "convergence.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| SASRec |" in (out / "comparison.md").read_text()
