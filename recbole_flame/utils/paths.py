@@ -11,7 +11,7 @@ def properties_dir() -> Path:
     """The ``properties/`` folder: the top-level one in a source checkout (editable install),
     else the copy the wheel ships as ``recbole_flame/properties``."""
     for candidate in (_PKG.parent / "properties", _PKG / "properties"):
-        if (candidate / "model").is_dir():
+        if (candidate / "model").is_dir() or (candidate / "dataset").is_dir():
             return candidate
     raise FileNotFoundError(
         f"recbole_flame's properties/ folder is missing (looked in {_PKG.parent} and {_PKG}); "
