@@ -104,7 +104,7 @@ class FLAME(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.check_config(config)
+        self.check_settings(config)  # the checkpoint itself is checked when the trainer loads it
         self.path_mixing = config["path_mixing"]
         self.module_split = config["module_split"]
         self.tau = float(config["tau"])
@@ -132,7 +132,14 @@ class FLAME(SequentialRecommender):
 
     @classmethod
     def check_config(cls, config) -> None:
-        """Stop on settings FLAME cannot use, before any data is loaded."""
+        """Stop on settings or a ``frozen_checkpoint`` FLAME cannot use, before data loads."""
+        cls.check_settings(config)
+        if config["frozen_checkpoint"]:
+            check_frozen_checkpoint(config, config["frozen_checkpoint"])
+
+    @staticmethod
+    def check_settings(config) -> None:
+        """Stop on FLAME keys out of range (one line naming the key)."""
         for key, allowed in _CHOICES.items():
             if config[key] not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not '{config[key]}'")
@@ -147,8 +154,6 @@ class FLAME(SequentialRecommender):
             raise ConfigError(
                 f"n_paths must be an integer from 2 to {2**n_modules} (2^modules), or ~ for all"
             )
-        if config["frozen_checkpoint"]:
-            check_frozen_checkpoint(config, config["frozen_checkpoint"])
 
     # --- schedule -------------------------------------------------------------------------
     def anneal(self, epoch: int) -> float:
