@@ -1,0 +1,420 @@
+"""CETNet: Collaborative Ensemble Training Network for CTR prediction.
+
+Reference:
+    "A Collaborative Ensemble Framework for CTR Prediction." arXiv 2411.13700 (Meta).
+
+No public code exists and only the abstract is public, so the formulas below are this package's
+reconstruction (the project's METHODS.md, section 2), not the authors' method; every choice is a
+config key. What the abstract states: several distinct models, each with its own embedding table,
+trained collaboratively so that each refines its predictions from the ensemble's, and fused by
+confidence with a "general softmax" in which a model's confidence is its negated entropy.
+
+Reconstruction, per sample and base model k with logit z_k:
+
+- ``p_k = sigmoid(z_k)``; ``H_k = -p log p - (1-p) log(1-p)`` with p clamped to
+  ``[entropy_eps, 1 - entropy_eps]``; confidence ``c_k = -H_k``.
+- weights ``w = softmax_k(c_k / tau)``, detached if ``detach_fusion_weights``.
+- fused ``p = sum_k w_k p_k`` (``fusion_space: prob``) or ``sigmoid(sum_k w_k z_k)`` (``logit``).
+- loss ``BCE(p, y) + sum_k BCE(p_k, y) + collab_weight * sum_k BCE(p_k, stopgrad(p))``, plus each
+  base model's own regularisation term where RecBole's model adds one in its ``calculate_loss``.
+
+Each base model is RecBole's own class, built from its own config (see
+:func:`base_model_configs`) on the same dataset, so none shares a parameter with another.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import recbole
+import torch
+import torch.nn.functional as F
+import yaml
+from recbole.model.abstract_recommender import AbstractRecommender, ContextRecommender
+from recbole.utils import InputType, ModelType
+from recbole.utils.argument_list import (
+    dataset_arguments,
+    evaluation_arguments,
+    general_arguments,
+    training_arguments,
+)
+from torch import nn
+
+from recbole_flame.utils.errors import ConfigError, UnknownModelError
+from recbole_flame.utils.paths import properties_dir
+from recbole_flame.utils.registry import available_models, canonical_model_name, get_model
+
+FUSION_SPACES = ("prob", "logit")
+
+# Keys that configure the data pipeline, trainer or evaluator, which all base models share with
+# CETNet: a base model's yaml must not change them, and base_model_overrides may not name them.
+_SHARED_KEYS = frozenset(
+    general_arguments + training_arguments + evaluation_arguments + dataset_arguments
+)
+
+
+# --- fusion and loss: pure functions of the base models' logits --------------------------------
+class Fused(NamedTuple):
+    """The ensemble's output for a batch: ``prob`` [B], ``weights`` [K, B], and ``logit`` [B]
+    when fusing in logit space (None in prob space, where no fused logit exists)."""
+
+    prob: torch.Tensor
+    weights: torch.Tensor
+    logit: torch.Tensor | None
+
+
+def binary_entropy(logits: torch.Tensor, eps: float) -> torch.Tensor:
+    """Entropy in nats of ``Bernoulli(sigmoid(logits))``, p clamped to ``[eps, 1 - eps]`` so that
+    a saturated model gets a finite entropy and a finite gradient."""
+    # H is symmetric in p and 1 - p: work with the smaller one, sigmoid(-|z|), because float32
+    # cannot hold 1 - eps for small eps (1 - 1e-7 rounds to 1 - 1.19e-7).
+    q = torch.sigmoid(-logits.abs()).clamp(min=eps)
+    return -(q * torch.log(q) + (1.0 - q) * torch.log1p(-q))
+
+
+def fusion_weights(logits: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
+    """General softmax over models (dim 0) of the confidence ``-H_k / tau``; logits [K, B]."""
+    return torch.softmax(-binary_entropy(logits, eps) / tau, dim=0)
+
+
+def fuse(
+    logits: torch.Tensor,
+    tau: float,
+    eps: float,
+    space: str = "prob",
+    detach_weights: bool = False,
+) -> Fused:
+    """Confidence-weighted fusion of the base models' logits [K, B]."""
+    weights = fusion_weights(logits, tau, eps)
+    if detach_weights:
+        weights = weights.detach()
+    if space == "prob":
+        return Fused((weights * torch.sigmoid(logits)).sum(0), weights, None)
+    if space == "logit":
+        logit = (weights * logits).sum(0)
+        return Fused(torch.sigmoid(logit), weights, logit)
+    raise ValueError(f"fusion space must be one of {FUSION_SPACES}, not {space!r}")
+
+
+def collaborative_losses(
+    logits: torch.Tensor, label: torch.Tensor, fused: Fused, collab_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(BCE(p, y), sum_k BCE(p_k, y), alpha * sum_k BCE(p_k, stopgrad(p)))``, batch means.
+
+    Per-model terms use the logits (``BCE-with-logits``) to stay finite when a model saturates;
+    the ensemble target is detached, so each model moves toward the ensemble, never the reverse.
+    """
+    if fused.logit is not None:
+        fused_loss = F.binary_cross_entropy_with_logits(fused.logit, label)
+    else:
+        fused_loss = F.binary_cross_entropy(fused.prob, label)
+    expanded = label.expand_as(logits)
+    base_loss = F.binary_cross_entropy_with_logits(logits, expanded, reduction="none").mean(1).sum()
+    target = fused.prob.detach().expand_as(logits)
+    collab = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1).sum()
+    return fused_loss, base_loss, collab_weight * collab
+
+
+# --- reading each RecBole model's logit and regulariser ----------------------------------------
+def _logit_of_predict_layer(model: nn.Module, interaction) -> torch.Tensor:
+    """DCNV2's forward ends in ``sigmoid(predict_layer(...))``: read the layer's output instead
+    of inverting the sigmoid, which saturates to exactly 0 or 1 in float32."""
+    captured: list[torch.Tensor] = []
+    handle = model.predict_layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        model(interaction)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def _logit_of_kd_dagfm(model: nn.Module, interaction) -> torch.Tensor:
+    """KD_DAGFM's forward returns the sigmoid of the active network's ``logits`` attribute."""
+    model(interaction)
+    net = model.teacher_network if model.phase == "teacher_training" else model.student_network
+    return net.logits
+
+
+# RecBole 1.2.1 context-aware models whose ``forward`` returns a probability; every other one
+# returns the logit (its ``predict`` is ``sigmoid(forward)``). tests/test_cetnet.py checks
+# ``sigmoid(logit) == predict`` for every allowed model, so a new RecBole release that changes
+# this fails there.
+_LOGIT_READERS: dict[str, Callable[[nn.Module, Any], torch.Tensor]] = {
+    "DCNV2": _logit_of_predict_layer,
+    "KD_DAGFM": _logit_of_kd_dagfm,
+}
+
+
+def _dcnv2_reg(m: nn.Module) -> torch.Tensor:
+    if m.mixed:
+        reg = (
+            m.reg_loss(m.cross_layer_c) + m.reg_loss(m.cross_layer_v) + m.reg_loss(m.cross_layer_u)
+        )
+    else:
+        reg = m.reg_loss(m.cross_layer_w)
+    return m.reg_weight * reg
+
+
+# The extra term each RecBole 1.2.1 model adds to its data loss in ``calculate_loss``; models not
+# listed add none. Checked against ``calculate_loss`` in tests/test_cetnet.py.
+_REGULARISERS: dict[str, Callable[[nn.Module], torch.Tensor]] = {
+    "DCNV2": _dcnv2_reg,
+    "DCN": lambda m: m.reg_weight * m.reg_loss(m.cross_layer_w),
+    "AFM": lambda m: m.reg_weight * torch.norm(m.attlayer.w.weight, p=2),
+    "EulerNet": lambda m: m.RegularLoss(m.reg_weight),
+    "PNN": lambda m: m.reg_loss(),
+    "xDeepFM": lambda m: m.reg_weight * m.calculate_reg_loss(),
+}
+
+
+def base_logit(name: str, model: nn.Module, interaction) -> torch.Tensor:
+    """Base model ``name``'s logit for each sample of ``interaction``, shape [B]."""
+    reader = _LOGIT_READERS.get(name)
+    out = reader(model, interaction) if reader else model(interaction)
+    return out.reshape(-1)
+
+
+def base_regulariser(name: str, model: nn.Module) -> torch.Tensor | float:
+    """The regularisation term RecBole's ``name`` adds in ``calculate_loss`` (0 if none)."""
+    reg = _REGULARISERS.get(name)
+    return reg(model) if reg else 0.0
+
+
+# --- configuration -----------------------------------------------------------------------------
+@functools.cache
+def context_model_names() -> tuple[str, ...]:
+    """Every installed context-aware model CETNet can hold (not CETNet itself)."""
+    ours, theirs = available_models()
+    names = []
+    for name in ours + theirs:
+        try:
+            cls = get_model(name)
+        except UnknownModelError:
+            continue  # exlib models whose package is not installed
+        if cls.type == ModelType.CONTEXT and name != "CETNet":
+            names.append(name)
+    return tuple(sorted(names, key=str.lower))
+
+
+def _bad_entry(entry: Any, why: str) -> ConfigError:
+    return ConfigError(
+        f"base_models entry '{entry}' {why}; use context-aware models: "
+        f"{', '.join(context_model_names())}"
+    )
+
+
+def _check_base_model(entry: Any) -> str:
+    """The registered name of a ``base_models`` entry, or ConfigError."""
+    if not isinstance(entry, str):
+        raise _bad_entry(entry, "is not a model name")
+    try:
+        name = canonical_model_name(entry)
+    except UnknownModelError:
+        raise _bad_entry(entry, "is not a known model") from None
+    try:
+        cls = get_model(name)
+    except UnknownModelError:
+        # RecBole's exlib models (LightGBM, XGBoost): decision trees whose package is missing.
+        raise _bad_entry(entry, "cannot be loaded here and is not a context-aware model") from None
+    if name == "CETNet":
+        raise _bad_entry(entry, "is CETNet itself")
+    if cls.type != ModelType.CONTEXT:
+        kind = getattr(cls.type, "name", str(cls.type)).lower()
+        raise _bad_entry(entry, f"is a {kind} model, not a context-aware (CTR) one")
+    return name
+
+
+def _per_model_list(config, key: str, n: int) -> list:
+    """``key``'s value as a list of n entries (``~`` gives n Nones)."""
+    value = config[key]
+    if value is None:
+        return [None] * n
+    if not isinstance(value, list) or len(value) != n:
+        raise ConfigError(
+            f"{key} must be ~ or a list with one entry per base model ({n}), not {value!r}"
+        )
+    return value
+
+
+def _model_yaml_defaults(name: str, loader) -> dict[str, Any]:
+    """The defaults a standalone run of ``name`` reads: RecBole's yaml, then this package's."""
+    merged: dict[str, Any] = {}
+    for folder in (
+        Path(recbole.__file__).parent / "properties" / "model",
+        properties_dir() / "model",
+    ):
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            merged.update(yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {})
+    return merged
+
+
+def base_model_configs(config) -> list:
+    """One config per base model, each a copy of ``config`` (so the model may write to it, as
+    KD_DAGFM does) with, lowest precedence first:
+
+    1. CETNet's final config: the shared data, training and evaluation keys;
+    2. the base model's own yaml defaults (RecBole's ``properties/model/<Name>.yaml``), except
+       shared keys and keys the user set explicitly, so each base model is configured as a
+       standalone run of it with the same user settings would be;
+    3. ``embedding_size``: its ``base_embedding_sizes`` entry, or CETNet's ``embedding_size``;
+    4. its ``base_model_overrides`` entry (a dict of model keys), if any.
+    """
+    names = [canonical_model_name(n) for n in config["base_models"]]
+    sizes = _per_model_list(config, "base_embedding_sizes", len(names))
+    overrides = _per_model_list(config, "base_model_overrides", len(names))
+    explicit = set(getattr(config, "external_config_dict", {}))
+    configs = []
+    for name, size, extra in zip(names, sizes, overrides, strict=True):
+        defaults = _model_yaml_defaults(name, config.yaml_loader)
+        final = copy.deepcopy(config.final_config_dict)
+        final.update(
+            copy.deepcopy(
+                {k: v for k, v in defaults.items() if k not in _SHARED_KEYS and k not in explicit}
+            )
+        )
+        final["embedding_size"] = size if size is not None else config["embedding_size"]
+        final.update(copy.deepcopy(extra or {}))
+        final["model"] = name
+        sub = copy.copy(config)
+        sub.final_config_dict = final
+        sub.model, sub.model_class = name, get_model(name)
+        configs.append(sub)
+    return configs
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class CETNet(ContextRecommender):
+    r"""Distinct CTR models, each with its own embedding table, fused by negated-entropy
+    confidence and trained collaboratively. The formulas are this package's reconstruction from
+    the paper's abstract (no public code exists); see the module docstring.
+
+    ``calculate_loss`` returns ``(fused, base, collab)``: the fused BCE, the sum of the base
+    models' BCEs plus their own RecBole regularisers, and the weighted collaborative term.
+    ``forward`` and ``predict`` return the fused probability.
+    """
+
+    type = ModelType.CONTEXT
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        # ContextRecommender.__init__ would build an embedding table and first-order layer for
+        # CETNet itself, which it never uses (each base model owns its own) and which would draw
+        # from the RNG before the base models are initialised.
+        AbstractRecommender.__init__(self)
+        self.check_config(config)
+        self.LABEL = config["LABEL_FIELD"]
+        self.device = config["device"]
+        self.embedding_size = config["embedding_size"]
+        self.tau = float(config["tau"])
+        self.fusion_space = config["fusion_space"]
+        self.detach_fusion_weights = bool(config["detach_fusion_weights"])
+        self.collab_weight = float(config["collab_weight"])
+        self.entropy_eps = float(config["entropy_eps"])
+
+        configs = base_model_configs(config)
+        self.base_model_names = [cfg["model"] for cfg in configs]
+        self.base_embedding_sizes = [cfg["embedding_size"] for cfg in configs]
+        self.base_models = nn.ModuleList(
+            get_model(name)(cfg, dataset)
+            for name, cfg in zip(self.base_model_names, configs, strict=True)
+        )
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Stop on settings CETNet cannot use, before any data is loaded."""
+        names = config["base_models"]
+        if not isinstance(names, list) or not names:
+            raise ConfigError(
+                f"base_models must be a non-empty list of context-aware model names such as "
+                f"[DCNV2, DeepFM], not {names!r}"
+            )
+        for entry in names:
+            _check_base_model(entry)
+        if not _number(config["tau"]) or config["tau"] <= 0:
+            raise ConfigError(f"tau must be a positive number, not {config['tau']!r}")
+        if config["fusion_space"] not in FUSION_SPACES:
+            raise ConfigError(
+                f"fusion_space must be one of {', '.join(FUSION_SPACES)}, "
+                f"not '{config['fusion_space']}'"
+            )
+        detach = config["detach_fusion_weights"]
+        if not isinstance(detach, bool):
+            raise ConfigError(f"detach_fusion_weights must be True or False, not {detach!r}")
+        if not _number(config["collab_weight"]) or config["collab_weight"] < 0:
+            raise ConfigError(
+                f"collab_weight must be a number >= 0, not {config['collab_weight']!r}"
+            )
+        eps = config["entropy_eps"]
+        if not _number(eps) or not 0 < eps < 0.5:
+            raise ConfigError(f"entropy_eps must be a number in (0, 0.5), not {eps!r}")
+        if not _positive_int(config["embedding_size"]):
+            raise ConfigError(
+                f"embedding_size must be a positive integer, not {config['embedding_size']!r}"
+            )
+        for size in _per_model_list(config, "base_embedding_sizes", len(names)):
+            if size is not None and not _positive_int(size):
+                raise ConfigError(
+                    f"base_embedding_sizes entries must be positive integers or ~, not {size!r}"
+                )
+        for extra in _per_model_list(config, "base_model_overrides", len(names)):
+            if extra is None:
+                continue
+            if not isinstance(extra, dict):
+                raise ConfigError(
+                    f"base_model_overrides entries must be dicts of model keys or ~, not {extra!r}"
+                )
+            shared = sorted(set(extra) & _SHARED_KEYS)
+            if shared:
+                raise ConfigError(
+                    f"base_model_overrides cannot set {', '.join(shared)}: the base models share "
+                    "CETNet's data, trainer and evaluator; set it at the top level"
+                )
+        for sub in base_model_configs(config):
+            # The other phases load a RecBole-pickled warm-up checkpoint and change the loss.
+            if sub["model"] == "KD_DAGFM" and sub["phase"] != "teacher_training":
+                raise ConfigError(
+                    "KD_DAGFM can be a base model only with phase: teacher_training, "
+                    f"not '{sub['phase']}'"
+                )
+
+    def base_logits(self, interaction) -> torch.Tensor:
+        """Every base model's logit, [K, B]."""
+        return torch.stack(
+            [
+                base_logit(name, model, interaction)
+                for name, model in zip(self.base_model_names, self.base_models, strict=True)
+            ]
+        )
+
+    def fuse(self, logits: torch.Tensor) -> Fused:
+        return fuse(
+            logits, self.tau, self.entropy_eps, self.fusion_space, self.detach_fusion_weights
+        )
+
+    def forward(self, interaction) -> torch.Tensor:
+        return self.fuse(self.base_logits(interaction)).prob
+
+    def calculate_loss(self, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        label = interaction[self.LABEL].float()
+        logits = self.base_logits(interaction)
+        fused_loss, base_loss, collab = collaborative_losses(
+            logits, label, self.fuse(logits), self.collab_weight
+        )
+        for name, model in zip(self.base_model_names, self.base_models, strict=True):
+            base_loss = base_loss + base_regulariser(name, model)
+        return fused_loss, base_loss, collab
+
+    def predict(self, interaction) -> torch.Tensor:
+        return self.forward(interaction)
