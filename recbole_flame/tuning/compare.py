@@ -182,6 +182,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in summary["models"]:
@@ -192,6 +193,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
         epochs = [curves[0][i][0] for i in range(length)]
         means = [statistics.fmean(c[i][1] for c in curves) for i in range(length)]
         ax.plot(epochs, means, marker="o", label=model)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {summary['runs'][0]['valid_metric']}")
     ax.legend()
