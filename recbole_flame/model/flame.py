@@ -58,14 +58,15 @@ def pair_weights(pairs: list[tuple[torch.Tensor, torch.Tensor]], detach: bool) -
 
 
 def check_frozen_checkpoint(config, path: str, n_items: int | None = None) -> dict:
-    """Load a stage-1 checkpoint and check it fits a SASRec of ``config``'s shape; returns its
-    state dict. Without ``n_items`` (no dataset yet) the item count is taken from the file."""
+    """Load a stage-1 checkpoint and check it fits a SASRec of ``config``'s shape; returns the
+    checkpoint. Without ``n_items`` (no dataset yet) the item count is taken from the file."""
     if not os.path.isfile(path):
         raise CheckpointError(
             f"frozen_checkpoint '{path}' does not exist; give a SASRec checkpoint of this "
             "package, or ~ to train one in stage 1"
         )
-    state_dict = load_checkpoint(path)["state_dict"]
+    checkpoint = load_checkpoint(path)
+    state_dict = checkpoint["state_dict"]
     if n_items is None:
         emb = state_dict.get("item_embedding.weight")
         n_items = emb.shape[0] if emb is not None else 1
@@ -75,7 +76,7 @@ def check_frozen_checkpoint(config, path: str, n_items: int | None = None) -> di
         raise CheckpointError(
             f"frozen_checkpoint '{path}' does not fit the FLAME config: {problem}"
         )
-    return state_dict
+    return checkpoint
 
 
 class _ItemCount:

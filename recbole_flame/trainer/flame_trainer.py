@@ -167,11 +167,10 @@ class FLAMETrainer(Trainer):
 
     def load_frozen(self, path: str) -> None:
         n_items = self.model.learnable.item_embedding.num_embeddings
-        state_dict = check_frozen_checkpoint(self.config, path, n_items=n_items)
-        self.model.load_frozen(state_dict)
-        if self.stage1_valid_result is None:
-            saved = load_checkpoint(path).get("best_valid_result")
-            self.stage1_valid_result = dict(saved) if saved else None
+        checkpoint = check_frozen_checkpoint(self.config, path, n_items=n_items)
+        self.model.load_frozen(checkpoint["state_dict"])
+        if self.stage1_valid_result is None and checkpoint.get("best_valid_result"):
+            self.stage1_valid_result = dict(checkpoint["best_valid_result"])
 
     # --- stage 2 --------------------------------------------------------------------------
     def fit(
