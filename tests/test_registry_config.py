@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import recbole.trainer
+from recbole.model.sequential_recommender.gru4rec import GRU4Rec
 from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole.utils import ModelType
 
@@ -13,8 +14,15 @@ from recbole_flame.utils import ConfigError, available_models, get_model, get_tr
 
 
 def test_recbole_models_resolve_to_recbole_classes():
-    assert get_model("SASRec") is SASRec
-    assert get_model("sasrec") is SASRec  # matching ignores case, as users type it
+    assert get_model("GRU4Rec") is GRU4Rec
+    assert get_model("gru4rec") is GRU4Rec  # matching ignores case, as users type it
+
+
+def test_our_sasrec_shadows_recboles_with_the_same_weights():
+    ours = get_model("SASRec")
+    assert ours is not SASRec and issubclass(ours, SASRec)
+    assert get_model("sasrec") is ours
+    assert "SASRec" in available_models()[0] and "SASRec" not in available_models()[1]
 
 
 def test_unknown_model_lists_ours_and_recboles():

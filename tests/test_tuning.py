@@ -83,7 +83,11 @@ def _search(data_root, tmp_path, hyper_text, trials, **overrides):
 def test_two_trial_search_writes_results(data_root, workdir):
     summary = _search(data_root, workdir, "learning_rate choice [0.001,0.01]\n", trials=2)
     assert len(summary["trials"]) == 2
-    assert all(row["status"] == "done" and row["epochs"] >= 1 for row in summary["trials"])
+    # A trial runs both epochs and says so, or the scheduler stops it after the first.
+    for row in summary["trials"]:
+        assert (row["status"], row["epochs"]) in {("done: all epochs", 2), ("stopped by ASHA", 1)}
+        assert "=" not in row["trial"] and len(row["trial"]) < 20  # short id, not a folder
+    assert any(row["status"] == "done: all epochs" for row in summary["trials"])
     assert summary["best_config"]["learning_rate"] in (0.001, 0.01)
     assert 0 <= summary["test_result"]["ndcg@10"] <= 1
     written = json.loads((workdir / "ray" / f"SASRec-{TINY}" / "search_results.json").read_text())

@@ -159,6 +159,7 @@ class Config(RecBoleConfig):
             and not self._our_yaml_sets("train_neg_sample_args")
         ):
             final["train_neg_sample_args"] = None
+        final.setdefault("train_mode", "prefix")
         return final
 
     def _our_yaml_sets(self, key: str) -> bool:

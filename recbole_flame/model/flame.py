@@ -13,6 +13,11 @@ annealed per epoch. Inference runs ``learnable`` alone: it *is* a RecBole SASRec
 ``path_mixing: tiled`` reproduces the authors' code: the streams entering a module are
 concatenated along the sequence axis and share one tiled (not block-diagonal) mask, so each
 position also attends to the other streams. ``independent`` runs each path on its own.
+
+``train_mode: dense`` trains on whole user windows: the recommendation loss and every path's
+output are taken at each real step (the tiled mask is causal too, so a step still sees only
+earlier items of every stream), and InfoNCE draws its negatives from random groups of
+``train_batch_size`` steps, as many as a prefix batch offers a sample.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import random
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.model.sequential_recommender.sasrec import SASRec
+from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
+from recbole_flame.model.layers.sequence import trim_batch
+from recbole_flame.model.sasrec import SASRec
 from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint
 from recbole_flame.utils.errors import CheckpointError, ConfigError
 
@@ -49,6 +56,16 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float, normalize: bool) -> t
     return F.cross_entropy(logits, labels)
 
 
+def grouped_info_nce(
+    a: torch.Tensor, b: torch.Tensor, tau: float, normalize: bool, groups: list[torch.Tensor]
+) -> torch.Tensor:
+    """:func:`info_nce` within each group of row indices, averaged over all rows."""
+    if len(groups) == 1:
+        return info_nce(a, b, tau, normalize)
+    total = sum(info_nce(a[g], b[g], tau, normalize) * len(g) for g in groups)
+    return total / a.size(0)
+
+
 def pair_weights(pairs: list[tuple[torch.Tensor, torch.Tensor]], detach: bool) -> torch.Tensor:
     """``softmax`` over pairs of the negated mean inner product: less aligned pairs weigh more."""
     scores = torch.stack([-(a * b).sum(-1).mean() for a, b in pairs])
@@ -70,7 +87,7 @@ def check_frozen_checkpoint(config, path: str, n_items: int | None = None) -> di
     if n_items is None:
         emb = state_dict.get("item_embedding.weight")
         n_items = emb.shape[0] if emb is not None else 1
-    shaped = SASRec(config, _ItemCount(config["ITEM_ID_FIELD"], n_items))
+    shaped = RecBoleSASRec(config, _ItemCount(config["ITEM_ID_FIELD"], n_items))
     problem = first_mismatch(shaped, state_dict)
     if problem is not None:
         raise CheckpointError(
@@ -103,6 +120,9 @@ class FLAME(SequentialRecommender):
     The two-stage schedule is run by :class:`recbole_flame.trainer.FLAMETrainer`.
     """
 
+    supports_dense_training = True
+    trim_safe = True
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.check_settings(config)  # the checkpoint itself is checked when the trainer loads it
@@ -116,6 +136,9 @@ class FLAME(SequentialRecommender):
         self.lambda_R = float(config["lambda_R"])
         self.anneal_epochs = int(config["anneal_epochs"])
         self.n_paths = config["n_paths"]
+        self.dense = config["train_mode"] == "dense"
+        self.cl_group_size = int(config["train_batch_size"])
+        self.list_suffix = config["LIST_SUFFIX"]
 
         # The learnable network is built first, so it draws the same initial weights as a plain
         # SASRec under the same seed; the frozen one is overwritten by the stage-1 checkpoint.
@@ -203,10 +226,15 @@ class FLAME(SequentialRecommender):
         return sorted(random.sample(every, int(self.n_paths)))
 
     def path_outputs(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, paths: list[str] | None = None
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        paths: list[str] | None = None,
+        all_steps: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Each path's encoder output at the last real position (B x d), keyed by its label:
-        one letter per module, first module first (``lf`` = ``T_f(E_l(s))``)."""
+        """Each path's encoder output keyed by its label: one letter per module, first module
+        first (``lf`` = ``T_f(E_l(s))``). At the last real position (B x d), or with
+        ``all_steps`` at every step (B x l x d)."""
         paths = paths or self.sample_paths()
         nets = {"l": self.learnable, "f": self.frozen}
         mask = self.get_attention_mask(item_seq)
@@ -222,6 +250,8 @@ class FLAME(SequentialRecommender):
                 outs = self._run_blocks(nets[c], blocks, [streams[q] for q in parents], mask)
                 nxt.update(zip(wanted, outs, strict=True))
             streams = nxt
+        if all_steps:
+            return {p: streams[p] for p in paths}
         return {p: self.gather_indexes(streams[p], item_seq_len - 1) for p in paths}
 
     # --- RecBole interface ----------------------------------------------------------------
@@ -230,21 +260,36 @@ class FLAME(SequentialRecommender):
 
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L_rec, lambda_r * sum_p w_p InfoNCE_p)``; RecBole sums and logs both."""
+        interaction = trim_batch(interaction, self.ITEM_SEQ_LEN, self.list_suffix)
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        seq_output = self.learnable(item_seq, item_seq_len)
-        logits = seq_output @ self.learnable.item_embedding.weight.T
-        rec_loss = F.cross_entropy(logits, interaction[self.POS_ITEM_ID])
+        if self.dense:
+            rec_loss = self.learnable.dense_loss(interaction)
+        else:
+            seq_output = self.learnable(item_seq, item_seq_len)
+            logits = seq_output @ self.learnable.item_embedding.weight.T
+            rec_loss = F.cross_entropy(logits, interaction[self.POS_ITEM_ID])
         if self.lambda_r == 0.0:
             return rec_loss, rec_loss.new_zeros(())
         return rec_loss, self.lambda_r * self.alignment_loss(item_seq, item_seq_len)
 
     def alignment_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """``sum_p w_p InfoNCE_p`` over the unordered pairs of path outputs."""
-        outputs = self.path_outputs(item_seq, item_seq_len)
+        """``sum_p w_p InfoNCE_p`` over the unordered pairs of path outputs (at the last real
+        step, or in dense mode at every real step)."""
+        outputs = self.path_outputs(item_seq, item_seq_len, all_steps=self.dense)
+        if self.dense:
+            real = torch.arange(item_seq.size(1), device=item_seq.device) < item_seq_len[:, None]
+            outputs = {p: out[real] for p, out in outputs.items()}
+        n = next(iter(outputs.values())).size(0)
+        if n > self.cl_group_size:  # random groups, one draw shared by every pair
+            groups = list(torch.randperm(n, device=item_seq.device).split(self.cl_group_size))
+        else:
+            groups = [torch.arange(n, device=item_seq.device)]
         pairs = list(itertools.combinations(outputs.values(), 2))
         weights = pair_weights(pairs, self.detach_pair_weights)
-        losses = torch.stack([info_nce(a, b, self.tau, self.cl_normalize) for a, b in pairs])
+        losses = torch.stack(
+            [grouped_info_nce(a, b, self.tau, self.cl_normalize, groups) for a, b in pairs]
+        )
         return (weights * losses).sum()
 
     def predict(self, interaction) -> torch.Tensor:

@@ -14,8 +14,10 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed
 
 from recbole_flame.config import Config
+from recbole_flame.data import dense_train_dataloader
+from recbole_flame.model.layers.sequence import TRAIN_MODES
 from recbole_flame.utils.errors import ConfigError, DatasetNotFoundError
-from recbole_flame.utils.registry import get_model, get_trainer
+from recbole_flame.utils.registry import available_models, get_model, get_trainer
 
 _ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")
 
@@ -34,6 +36,30 @@ def check_dataset_on_disk(config: Config) -> None:
         f"dataset '{name}' not found: no atomic files such as {folder / (name + '.inter')}; "
         f"set data_path (e.g. --data_path=DIR) to the folder that holds {name}/"
     )
+
+
+def check_train_mode(config: Config) -> None:
+    """Stop with one line on a ``train_mode`` the model cannot train with."""
+    mode = config["train_mode"]
+    if mode not in TRAIN_MODES:
+        raise ConfigError(f"train_mode must be one of {', '.join(TRAIN_MODES)}, not {mode!r}")
+    if mode == "prefix":
+        return
+    cls, name = config.model_class, config["model"]
+    explain = getattr(cls, "dense_training_error", None)
+    problem = explain(config) if explain is not None else None
+    if problem is None and not getattr(cls, "supports_dense_training", False):
+        capable = [
+            m
+            for m in available_models()[0]
+            if getattr(get_model(m), "supports_dense_training", False)
+        ]
+        problem = (
+            f"train_mode: dense is not available for {name} (it is for {', '.join(capable)}); "
+            "use train_mode: prefix"
+        )
+    if problem is not None:
+        raise ConfigError(f"{name}: {problem}")
 
 
 def reset_logging(config: Config) -> None:
@@ -67,6 +93,7 @@ def prepare(
     check = getattr(config.model_class, "check_config", None)
     if check is not None:
         check(config)  # model-specific bad input stops here, before any data is loaded
+    check_train_mode(config)
     check_dataset_on_disk(config)
     init_seed(config["seed"], config["reproducibility"])
     reset_logging(config)
@@ -77,6 +104,10 @@ def prepare(
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    if config["train_mode"] == "dense":
+        before = len(train_data._dataset)
+        train_data = dense_train_dataloader(config, train_data)
+        logger.info(f"train_mode dense: {before} prefix rows -> {len(train_data._dataset)} windows")
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])

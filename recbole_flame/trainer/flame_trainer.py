@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole.utils import init_seed
 
 from recbole_flame.model.flame import check_frozen_checkpoint
+from recbole_flame.model.sasrec import SASRec
 from recbole_flame.trainer.trainer import Trainer
 from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint, plain
 

@@ -76,11 +76,21 @@ def _trial(
     )
 
     def report(epoch: int, score: float) -> None:
+        # RecBole calls this after its early-stopping check and before acting on it, so the
+        # trial can say whether this is its last epoch: the table then tells a trial that
+        # ended on its own from one the scheduler stopped.
+        if trainer.cur_step > trainer.stopping_step:
+            end = "early stopping (patience)"
+        elif epoch + 1 >= trainer.epochs:
+            end = "all epochs"
+        else:
+            end = ""
         session.report(
             {
                 "valid_score": float(score),
                 "epoch": epoch + 1,
                 "checkpoint": trainer.saved_model_file,
+                "end": end,
             }
         )
 
@@ -209,13 +219,23 @@ def _trial_rows(grid, names: list[str], mode: str) -> list[dict[str, Any]]:
         if history is not None and "checkpoint" in history and len(history):
             checkpoint = history["checkpoint"].dropna().iloc[-1]
         error = result.error
+        end = ""
+        if history is not None and "end" in history and len(history):
+            end = str(history["end"].iloc[-1] or "")
+        if error:
+            status = "ERROR: " + str(error).splitlines()[0][:120]
+        elif end:
+            status = f"done: {end}"
+        else:
+            status = "stopped by ASHA" if scores else "not started"
+        trial_id = (result.metrics or {}).get("trial_id")
         rows.append(
             {
-                "trial": Path(result.path).name if result.path else "?",
+                "trial": trial_id or (Path(result.path).name if result.path else "?"),
                 "config": {k: plain(result.config.get(k)) for k in names},
                 "best_valid_score": best,
                 "epochs": len(scores),
-                "status": "ERROR: " + str(error).splitlines()[0][:120] if error else "done",
+                "status": status,
                 "checkpoint": checkpoint,
             }
         )

@@ -19,6 +19,8 @@ _OUR_MODELS: dict[str, str] = {
     "TiM4Rec": "recbole_flame.model.tim4rec",
     "CANet": "recbole_flame.model.canet",
     "CETNet": "recbole_flame.model.cetnet",
+    # RecBole's SASRec plus dense training and padding trim; the same weights and inference.
+    "SASRec": "recbole_flame.model.sasrec",
 }
 
 _RECBOLE_SUBMODULES = (

@@ -1,0 +1,57 @@
+"""Dense training data: one row per user window instead of one row per prefix.
+
+RecBole's sequential training set holds one row per target: the target item and the (at most
+L) items before it. A strictly causal model computes every prefix's output in one pass over the
+longest of them, so only some rows are needed: for each user, walking back from the last
+training row, keep a row and skip the rows whose targets it already covers (the items of its
+own context after the first). Row ``i`` of a user (target ``s[i+1]``, context length
+``n_i = min(L, i)``) covers the targets of rows ``i - n_i + 1 .. i``; the next kept row is
+``i - n_i``. Every target is covered exactly once, with at most L items of context; a user with
+at most L + 1 training items keeps one row, whose context for each target is exactly the prefix
+RecBole would have used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from recbole.data.dataloader import TrainDataLoader
+
+
+def dense_window_rows(user_ids: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Indices of the rows to keep, in their original order.
+
+    ``user_ids`` and ``lengths`` (``item_length``) are the training rows' columns; each user's
+    rows must be in time order (RecBole's augmentation and leave-one-out split keep it), which
+    shows as lengths 1, 2, ..., L, L, ... per user and is checked.
+    """
+    order = np.argsort(user_ids, kind="stable")
+    sorted_users = user_ids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    keep: list[int] = []
+    for start, end in zip(starts, ends, strict=True):
+        rows = order[start:end]
+        expected = np.minimum(np.arange(1, len(rows) + 1), max_len)
+        if not np.array_equal(lengths[rows], expected):
+            raise ValueError(
+                f"user {sorted_users[start]}'s training rows are not RecBole's prefix rows in "
+                "time order (item_length 1, 2, ..., L); dense training needs them"
+            )
+        i = len(rows)  # 1-based position of the row being kept
+        while i > 0:
+            keep.append(rows[i - 1])
+            i -= min(max_len, i)
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def dense_train_dataloader(config, train_data: TrainDataLoader) -> TrainDataLoader:
+    """A training loader over the user windows of ``train_data``'s dataset, with its settings."""
+    dataset = train_data._dataset
+    inter = dataset.inter_feat
+    rows = dense_window_rows(
+        inter[dataset.uid_field].numpy(),
+        inter[config["ITEM_LIST_LENGTH_FIELD"]].numpy(),
+        config["MAX_ITEM_LIST_LENGTH"],
+    )
+    windows = dataset.copy(inter[rows])
+    return type(train_data)(config, windows, train_data._sampler, shuffle=config["shuffle"])

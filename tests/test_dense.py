@@ -1,0 +1,226 @@
+"""Dense (all-position) training and padding trim, against RecBole's prefix samples."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
+
+from recbole_flame.data import dense_train_dataloader, dense_window_rows
+from recbole_flame.model import flame as flame_module
+from recbole_flame.model.flame import FLAME
+from recbole_flame.model.sasrec import SASRec
+from recbole_flame.quick_start import prepare, run
+from recbole_flame.utils import ConfigError
+from tests.conftest import TINY, seq_config
+
+L = 30  # the slice's users have 20 to ~700 items: some fit in L, most do not
+
+
+def _rows(interaction: Interaction) -> list[tuple[int, tuple[int, ...], int]]:
+    """(user, context items, target) of each prefix row."""
+    seqs = interaction["item_id_list"].tolist()
+    lengths = interaction["item_length"].tolist()
+    return [
+        (u, tuple(s[:n]), t)
+        for u, s, n, t in zip(
+            interaction["user_id"].tolist(),
+            seqs,
+            lengths,
+            interaction["item_id"].tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _window_steps(interaction: Interaction) -> list[tuple[int, tuple[int, ...], int]]:
+    """(user, context, target) of every real step of every dense window: step t's context is
+    the window up to t, its target the next item (the row's own target after the last)."""
+    out = []
+    for u, ctx, target in _rows(interaction):
+        seq = list(ctx) + [target]
+        out += [(u, tuple(seq[: t + 1]), seq[t + 1]) for t in range(len(ctx))]
+    return out
+
+
+def _prepared(model: str, data_root, folder) -> tuple:
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        config, _, _, (train_data, _, _) = prepare(
+            model, TINY, config_dict=seq_config(data_root, MAX_ITEM_LIST_LENGTH=L)
+        )
+    finally:
+        os.chdir(cwd)
+    return config, train_data
+
+
+@pytest.fixture(scope="module")
+def prefix_setup(data_root, tmp_path_factory):
+    return _prepared("SASRec", data_root, tmp_path_factory.mktemp("dense"))
+
+
+@pytest.fixture(scope="module")
+def flame_setup(data_root, tmp_path_factory):
+    return _prepared("FLAME", data_root, tmp_path_factory.mktemp("dense_flame"))
+
+
+def test_window_rows_by_hand():
+    # user 7: 6 rows (targets 2..7), L = 2 -> keep rows 6, 4, 2 (1-based); user 3: 2 rows -> row 2.
+    users = np.array([7, 7, 7, 7, 7, 7, 3, 3])
+    lengths = np.array([1, 2, 2, 2, 2, 2, 1, 2])
+    assert dense_window_rows(users, lengths, 2).tolist() == [1, 3, 5, 7]
+    # L = 4: rows 6 (covers 3..6) and 2 (covers 1..2)
+    lengths4 = np.array([1, 2, 3, 4, 4, 4, 1, 2])
+    assert dense_window_rows(users, lengths4, 4).tolist() == [1, 5, 7]
+    with pytest.raises(ValueError, match="time order"):
+        dense_window_rows(users, lengths4[::-1].copy(), 4)
+
+
+def test_dense_epoch_covers_every_prefix_target_once(prefix_setup):
+    config, train_data = prefix_setup
+    prefix = _rows(train_data._dataset.inter_feat)
+    dense_loader = dense_train_dataloader(config, train_data)
+    dense = _window_steps(dense_loader._dataset.inter_feat)
+    assert len(dense_loader._dataset) < len(prefix) / 5
+
+    # A user rates an item once in ml-100k, so (user, target) names a position of the sequence.
+    assert Counter((u, t) for u, _, t in dense) == Counter((u, t) for u, _, t in prefix)
+    prefix_context = {(u, t): c for u, c, t in prefix}
+    rows_per_user = Counter(u for u, _, _ in prefix)
+    fitting = {u for u, n in rows_per_user.items() if n <= L}
+    assert fitting and len(fitting) < len(rows_per_user)  # both kinds are exercised
+    for u, ctx, t in dense:
+        full = prefix_context[(u, t)]
+        assert 1 <= len(ctx) <= L and full[len(full) - len(ctx) :] == ctx
+        if u in fitting:
+            assert ctx == full
+
+
+def _fitting_batches(config, train_data, n_users: int = 3):
+    """Prefix rows and dense windows of the first users whose sequence fits in L."""
+    prefix = train_data._dataset.inter_feat
+    dense = dense_train_dataloader(config, train_data)._dataset.inter_feat
+    counts = Counter(prefix["user_id"].tolist())
+    users = [u for u, n in counts.items() if n <= L][:n_users]
+    pick = torch.isin(prefix["user_id"], torch.tensor(users))
+    pick_dense = torch.isin(dense["user_id"], torch.tensor(users))
+    return prefix[pick.numpy()], dense[pick_dense.numpy()]
+
+
+def test_dense_loss_is_mean_of_prefix_losses(prefix_setup):
+    config, train_data = prefix_setup
+    prefix, dense = _fitting_batches(config, train_data)
+    torch.manual_seed(0)
+    reference = RecBoleSASRec(config, train_data._dataset).eval()
+    config["train_mode"] = "dense"
+    try:
+        model = SASRec(config, train_data._dataset).eval()
+    finally:
+        config["train_mode"] = "prefix"
+    model.load_state_dict(reference.state_dict())
+    assert len(dense) == 3 and len(prefix) > 3 * 5
+    with torch.no_grad():
+        expected = reference.calculate_loss(prefix)  # mean CE over the prefix rows
+        got = model.calculate_loss(dense)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_trim_leaves_sasrec_loss_unchanged(prefix_setup):
+    config, train_data = prefix_setup
+    batch = train_data._dataset.inter_feat[:20]  # short prefixes: most columns are padding
+    assert int(batch["item_length"].max()) < L
+    torch.manual_seed(0)
+    reference = RecBoleSASRec(config, train_data._dataset).eval()
+    model = SASRec(config, train_data._dataset).eval()
+    model.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(
+            model.calculate_loss(batch), reference.calculate_loss(batch), atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("mixing", ["tiled", "independent"])
+def test_trim_leaves_flame_losses_unchanged(flame_setup, monkeypatch, mixing):
+    config, train_data = flame_setup
+    batch = train_data._dataset.inter_feat[:20]
+    config["path_mixing"] = mixing
+    try:
+        model = FLAME(config, train_data._dataset).eval()
+    finally:
+        config["path_mixing"] = "tiled"
+    with torch.no_grad():
+        trimmed = model.calculate_loss(batch)
+        monkeypatch.setattr(flame_module, "trim_batch", lambda inter, *_: inter)
+        full = model.calculate_loss(batch)
+    for a, b in zip(trimmed, full, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixing", ["tiled", "independent"])
+def test_flame_step_outputs_equal_prefix_outputs(flame_setup, mixing):
+    """Dense training reads every step of every path: step t must equal the last-step output
+    of the prefix ending at t, in both mixing modes (the tiled mask has to be causal)."""
+    config, train_data = flame_setup
+    config["path_mixing"] = mixing
+    try:
+        model = FLAME(config, train_data._dataset).eval()
+    finally:
+        config["path_mixing"] = "tiled"
+    torch.manual_seed(1)
+    for p in model.frozen.parameters():
+        p.data.normal_(0, 0.05)  # a frozen network unlike the learnable one
+    seq = torch.tensor([[5, 9, 2, 7, 3, 0, 0]])
+    paths = model.sample_paths()
+    with torch.no_grad():
+        every = model.path_outputs(seq, torch.tensor([5]), paths, all_steps=True)
+        for t in range(5):
+            prefix = seq.clone()
+            prefix[0, t + 1 :] = 0
+            last = model.path_outputs(prefix, torch.tensor([t + 1]), paths)
+            for p in paths:
+                assert torch.allclose(every[p][0, t], last[p][0], atol=1e-5), (p, t)
+
+
+def test_grouped_info_nce_single_group_is_plain():
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    groups = [torch.arange(6)]
+    assert flame_module.grouped_info_nce(a, b, 1.0, False, groups) == flame_module.info_nce(
+        a, b, 1.0, False
+    )
+    halves = [torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])]
+    by_hand = (
+        flame_module.info_nce(a[halves[0]], b[halves[0]], 1.0, False)
+        + flame_module.info_nce(a[halves[1]], b[halves[1]], 1.0, False)
+    ) / 2
+    assert torch.allclose(flame_module.grouped_info_nce(a, b, 1.0, False, halves), by_hand)
+
+
+@pytest.mark.parametrize(
+    "model, overrides, message",
+    [
+        ("SASRec", {"train_mode": "all"}, "train_mode must be one of prefix, dense"),
+        ("GRU4Rec", {"train_mode": "dense"}, "not available for GRU4Rec"),
+        (
+            "SASRec",
+            {"train_mode": "dense", "loss_type": "BPR", "train_neg_sample_args": {"uniform": 1}},
+            "needs loss_type: CE",
+        ),
+    ],
+)
+def test_bad_train_mode_stops_before_data(data_root, workdir, model, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        prepare(model, "no-such-dataset", config_dict=seq_config(data_root, **overrides))
+
+
+@pytest.mark.parametrize("model", ["SASRec", "FLAME"])
+def test_dense_end_to_end(data_root, workdir, model):
+    settings = seq_config(data_root, train_mode="dense", epochs=2, stage1_epochs=1)
+    result = run(model, TINY, config_dict=settings, saved=False)
+    assert set(result["test_result"]) == {"recall@10", "ndcg@10"}
+    assert len(result["epoch_train_seconds"]) == 2
