@@ -1,8 +1,10 @@
+from recbole_flame.trainer.canet_trainer import CANetTrainer
 from recbole_flame.trainer.flame_trainer import FLAMETrainer
 from recbole_flame.trainer.trainer import SafeCheckpointMixin, Trainer, with_safe_checkpoints
 from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint
 
 __all__ = [
+    "CANetTrainer",
     "FLAMETrainer",
     "SafeCheckpointMixin",
     "Trainer",
