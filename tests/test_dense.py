@@ -224,3 +224,59 @@ def test_dense_end_to_end(data_root, workdir, model):
     result = run(model, TINY, config_dict=settings, saved=False)
     assert set(result["test_result"]) == {"recall@10", "ndcg@10"}
     assert len(result["epoch_train_seconds"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tim4rec_setup(data_root, tmp_path_factory):
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("dense_tim4rec"))
+    try:
+        config, model, _, (train_data, _, _) = prepare(
+            "TiM4Rec",
+            TINY,
+            config_dict=seq_config(
+                data_root,
+                MAX_ITEM_LIST_LENGTH=L,
+                time_causal=True,
+                hidden_size=16,
+                d_state=8,
+                head_dim=8,
+                train_batch_size=64,
+            ),
+        )
+    finally:
+        os.chdir(cwd)
+    torch.manual_seed(0)
+    with torch.no_grad():  # at its init the time path barely changes anything
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return config, model.eval(), train_data
+
+
+def test_tim4rec_causal_dense_loss_is_mean_of_prefix_losses(tim4rec_setup):
+    config, model, train_data = tim4rec_setup
+    prefix, dense = _fitting_batches(config, train_data)
+    with torch.no_grad():
+        model.dense = False
+        expected = model.calculate_loss(prefix)
+        model.dense = True
+        got = model.calculate_loss(dense)
+        model.dense = False
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_trim_leaves_tim4rec_loss_unchanged(tim4rec_setup, monkeypatch):
+    from recbole_flame.model import tim4rec as tim4rec_module
+
+    _, model, train_data = tim4rec_setup
+    batch = train_data._dataset.inter_feat[:20]
+    with torch.no_grad():
+        trimmed = model.calculate_loss(batch)
+        monkeypatch.setattr(tim4rec_module, "trim_batch", lambda inter, *_: inter)
+        full = model.calculate_loss(batch)
+    assert torch.allclose(trimmed, full, atol=1e-6)
+
+
+def test_tim4rec_dense_needs_the_causal_time_path(data_root, workdir):
+    with pytest.raises(ConfigError, match="needs time_causal: True"):
+        prepare("TiM4Rec", TINY, config_dict=seq_config(data_root, train_mode="dense"))

@@ -183,7 +183,7 @@ def test_model_outputs_do_not_depend_on_chunk_size():
 
 @pytest.mark.parametrize("change", ["item", "timestamp"])
 def test_causality(change):
-    model = make_model()
+    model = make_model(time_causal=True)
     items, lengths, times = make_batch([10, 10], 10)
     t = 6
     items2, times2 = items.clone(), times.clone()

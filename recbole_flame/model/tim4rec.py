@@ -23,9 +23,9 @@ one built with a larger L that shares those parameters, does not change it. (The
 statistics run over all L positions, padding included, where the first padded gap is minus the
 last timestamp.)
 
-Causality. With ``time_causal: True`` (default) the time path, like the SSD, only looks back: the
+Causality. With ``time_causal: True`` the time path, like the SSD, only looks back: the
 L x L maps are lower-triangular and each step is normalised with the statistics of the real steps
-up to it, so the output at step t depends on items and timestamps up to t only. ``False`` uses
+up to it, so the output at step t depends on items and timestamps up to t only. ``False`` (default) uses
 the authors' dense maps and whole-sequence statistics, where a step's time state also depends on
 later gaps of the same (observed) history.
 """
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
+from recbole_flame.model.layers.sequence import dense_targets, trim_batch
 from recbole_flame.model.layers.ssd import CausalConv1d, GatedRMSNorm, check_backend, ssd
 from recbole_flame.utils.errors import ConfigError
 
@@ -249,9 +250,14 @@ class TiM4Rec(SequentialRecommender):
     RecBole builds when the time field is loaded.
     """
 
+    supports_dense_training = True
+    trim_safe = True
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.check_config(config)
+        self.dense = config["train_mode"] == "dense"
+        self.list_suffix = config["LIST_SUFFIX"]
         self.hidden_size = config["hidden_size"]
         self.n_layers = config["n_layers"]
         self.time_aware = bool(config["time_aware"])
@@ -318,6 +324,17 @@ class TiM4Rec(SequentialRecommender):
                 "or set time_aware: False"
             )
 
+    @classmethod
+    def dense_training_error(cls, config) -> str | None:
+        """Why ``config`` cannot train densely (one line), or None."""
+        if config["time_aware"] and not config["time_causal"]:
+            return (
+                "train_mode: dense needs time_causal: True: the authors' time path lets a step "
+                "see later time gaps, which dense training would leak; set time_causal: True "
+                "or train_mode: prefix"
+            )
+        return None
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             module.weight.data.normal_(mean=0.0, std=0.02)
@@ -358,11 +375,22 @@ class TiM4Rec(SequentialRecommender):
             x, tau = layer(x, tau, mask, next_time=i + 1 < self.n_layers)
         return x if all_steps else self.gather_indexes(x, item_seq_len - 1)
 
-    def _encode(self, interaction) -> torch.Tensor:
+    def _encode(self, interaction, all_steps: bool = False) -> torch.Tensor:
         timestamps = interaction[self.TIME_SEQ] if self.time_aware else None
-        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], timestamps)
+        return self.forward(
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], timestamps, all_steps
+        )
 
     def calculate_loss(self, interaction) -> torch.Tensor:
+        interaction = trim_batch(interaction, self.ITEM_SEQ_LEN, self.list_suffix)
+        if self.dense:  # every real step predicts its next item (exact with time_causal)
+            targets, real = dense_targets(
+                interaction[self.ITEM_SEQ],
+                interaction[self.ITEM_SEQ_LEN],
+                interaction[self.POS_ITEM_ID],
+            )
+            output = self._encode(interaction, all_steps=True)[real]
+            return self.loss_fct(output @ self.item_embedding.weight.T, targets[real])
         logits = self._encode(interaction) @ self.item_embedding.weight.T
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
 
