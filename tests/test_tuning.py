@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,15 @@ def test_comparison_writes_table_csv_json_png(data_root, workdir):
         assert (out / name).stat().st_size > 0, name
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| SASRec |" in (out / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parent.parent / "hyper").glob("*.hyper"))
+)
+def test_shipped_hyper_files_parse_and_name_real_keys(path):
+    from recbole_flame.config import Config
+
+    model = path.stem
+    config = Config(model, "ml-100k", config_dict={"gpu_id": "", "use_gpu": False})
+    for param in parse_hyper_file(path):
+        assert param.name in config.final_config_dict, (model, param.name)
