@@ -133,3 +133,39 @@ def test_shipped_hyper_files_parse_and_name_real_keys(path):
     config = Config(model, "ml-100k", config_dict={"gpu_id": "", "use_gpu": False})
     for param in parse_hyper_file(path):
         assert param.name in config.final_config_dict, (model, param.name)
+
+
+def test_trial_status_tells_how_each_trial_ended():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from recbole_flame.tuning.search import _trial_rows
+
+    def result(ends, error=None):
+        frame = pd.DataFrame(
+            {"valid_score": [0.1] * len(ends), "end": ends, "checkpoint": ["c"] * len(ends)}
+        )
+        return SimpleNamespace(
+            metrics_dataframe=frame,
+            config={"lr": 0.1},
+            error=error,
+            metrics={"trial_id": "ab_00001"},
+            path="/x/_trial_ab_00001_lr=0.1_2026",
+        )
+
+    # Ray's results table turns an empty string into NaN: a trial the scheduler stopped.
+    grid = [
+        result(["", "all epochs"]),
+        result(["", float("nan")]),
+        result(["", "early stopping (patience)"]),
+        result([""], error=RuntimeError("boom\nmore")),
+    ]
+    rows = _trial_rows(grid, ["lr"], "max")
+    assert [r["status"] for r in rows] == [
+        "done: all epochs",
+        "stopped by ASHA",
+        "done: early stopping (patience)",
+        "ERROR: boom",
+    ]
+    assert rows[0]["trial"] == "ab_00001"

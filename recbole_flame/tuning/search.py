@@ -221,7 +221,8 @@ def _trial_rows(grid, names: list[str], mode: str) -> list[dict[str, Any]]:
         error = result.error
         end = ""
         if history is not None and "end" in history and len(history):
-            end = str(history["end"].iloc[-1] or "")
+            last = history["end"].iloc[-1]
+            end = last if isinstance(last, str) else ""  # Ray stores "" as NaN
         if error:
             status = "ERROR: " + str(error).splitlines()[0][:120]
         elif end:
