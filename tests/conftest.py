@@ -91,3 +91,16 @@ def ctr_config(data_root: Path, **overrides) -> dict:
     )
     config.update(overrides)
     return config
+
+
+def prepare_in(folder: Path, model: str, config_dict: dict):
+    """``prepare`` run inside ``folder`` (RecBole writes log/ to cwd), for module fixtures that
+    cannot use the function-scoped ``workdir``."""
+    from recbole_flame.quick_start import prepare
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return prepare(model, TINY, config_dict=config_dict)
+    finally:
+        os.chdir(cwd)

@@ -12,7 +12,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole_flame.model.canet import route_flops
 from recbole_flame.quick_start import prepare, run
 from recbole_flame.utils import ConfigError
-from tests.conftest import TINY, seq_config
+from tests.conftest import TINY, prepare_in, seq_config
 from tests.test_cli import SCRIPT, _one_line_error
 
 SMALL = dict(
@@ -32,16 +32,9 @@ def _config(data_root, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def canet(data_root, tmp_path_factory):
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("canet"))
-    try:
-        config, model, _, (train_data, _, test_data) = prepare(
-            "CANet", TINY, config_dict=_config(data_root, dropout_prob=0.0)
-        )
-    finally:
-        os.chdir(cwd)
+    config, model, _, (_, _, test_data) = prepare_in(
+        tmp_path_factory.mktemp("canet"), "CANet", _config(data_root, dropout_prob=0.0)
+    )
     torch.manual_seed(3)
     with torch.no_grad():  # weights unlike the init, residual scales unlike ~0
         for p in model.parameters():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import numpy as np
@@ -17,7 +16,7 @@ from recbole_flame.model.flame import FLAME
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.quick_start import prepare, run
 from recbole_flame.utils import ConfigError
-from tests.conftest import TINY, seq_config
+from tests.conftest import TINY, prepare_in, seq_config
 
 L = 30  # the slice's users have 20 to ~700 items: some fit in L, most do not
 
@@ -49,14 +48,9 @@ def _window_steps(interaction: Interaction) -> list[tuple[int, tuple[int, ...], 
 
 
 def _prepared(model: str, data_root, folder) -> tuple:
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        config, _, _, (train_data, _, _) = prepare(
-            model, TINY, config_dict=seq_config(data_root, MAX_ITEM_LIST_LENGTH=L)
-        )
-    finally:
-        os.chdir(cwd)
+    config, _, _, (train_data, _, _) = prepare_in(
+        folder, model, seq_config(data_root, MAX_ITEM_LIST_LENGTH=L)
+    )
     return config, train_data
 
 
@@ -228,24 +222,18 @@ def test_dense_end_to_end(data_root, workdir, model):
 
 @pytest.fixture(scope="module")
 def tim4rec_setup(data_root, tmp_path_factory):
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("dense_tim4rec"))
-    try:
-        config, model, _, (train_data, _, _) = prepare(
-            "TiM4Rec",
-            TINY,
-            config_dict=seq_config(
-                data_root,
-                MAX_ITEM_LIST_LENGTH=L,
-                time_causal=True,
-                hidden_size=16,
-                d_state=8,
-                head_dim=8,
-                train_batch_size=64,
-            ),
-        )
-    finally:
-        os.chdir(cwd)
+    settings = seq_config(
+        data_root,
+        MAX_ITEM_LIST_LENGTH=L,
+        time_causal=True,
+        hidden_size=16,
+        d_state=8,
+        head_dim=8,
+        train_batch_size=64,
+    )
+    config, model, _, (train_data, _, _) = prepare_in(
+        tmp_path_factory.mktemp("dense_tim4rec"), "TiM4Rec", settings
+    )
     torch.manual_seed(0)
     with torch.no_grad():  # at its init the time path barely changes anything
         for p in model.parameters():
