@@ -15,6 +15,12 @@ columns of W_o). The same function slices for training, for the guide model and 
 inference, so a route's weights are one thing (the authors' code slices heads one way when
 training and another when testing).
 
+Output layer. As in the authors' code and METHODS ("output layer h x N"), items are scored by
+a Linear over all items whose input is sliced to the route's width, ``W_out[:, :h]`` plus the
+full per-item bias, so the embedding size e never meets the output and e != h needs no extra
+projection. (Tying it to the item embedding would need an h -> e projection per route and
+would couple the narrowest embedding prefix to every route's scores.)
+
 Router. Its own 32-d item and position embeddings, one transformer block, a Linear to one logit
 per route at the last real step. Training picks a route per user with straight-through
 Gumbel-softmax (hard one-hot forward, soft gradient); the route's logits are multiplied by the
@@ -29,7 +35,8 @@ large ones (soft labels ``softmax(m * log(2^i / 2^n))``, m = 2 for widths, 1 for
 against uniform; ``batch`` the cross-entropy of the batch-mean distribution against uniform,
 which balances the load without pushing each user's choice toward indifference.
 
-FLOPs (per sequence, multiply-add = 2): input projection 2 L e h; per block
+FLOPs (per sequence, multiply-add = 2): embedding L e (the position add; lookups are free);
+input projection 2 L e h; per block
 ``24 L h^2 + 4 L^2 h`` (Q, K, V, O: 8 L h^2; scores and weighted sum: 4 L^2 h; FFN: 16 L h^2);
 output layer at the last step 2 h N. The router costs the same formula at width 32 (FFN 128),
 one block, with a 2 * 32 * routes output layer, and is added to every routed user's count.
@@ -62,8 +69,10 @@ def block_flops(length: int, width: int, inner: int) -> int:
 def route_flops(route: Route, length: int, n_items: int) -> int:
     """Analytic FLOPs of one route for one sequence of ``length`` steps, scoring all items."""
     hidden, layers, emb = route
+    # The lookups are free; adding the position embedding is one add per step and dim.
     return (
-        2 * length * emb * hidden
+        length * emb
+        + 2 * length * emb * hidden
         + layers * block_flops(length, hidden, 4 * hidden)
         + 2 * hidden * n_items
     )
@@ -222,6 +231,16 @@ class CANet(SequentialRecommender):
             raise ConfigError(
                 f"fixed_route must be ~, full or smallest, not {config['fixed_route']!r}"
             )
+        tau = config["gumbel_tau"]
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau <= 0:
+            raise ConfigError(f"gumbel_tau must be a positive number, not {tau!r}")
+        for key in ("guide_weight", "uniform_weight"):
+            w = config[key]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"{key} must be a number >= 0, not {w!r}")
+        k = config["guide_topk"]
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ConfigError(f"guide_topk must be a positive integer, not {k!r}")
         if config["loss_type"] != "CE":
             raise ConfigError("CANet trains with the full-softmax CE loss: set loss_type: CE")
 
