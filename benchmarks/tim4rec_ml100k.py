@@ -1,6 +1,7 @@
 """TiM4Rec with and without its time path against SASRec on ml-100k (real timestamps).
 
     nice -n 5 python benchmarks/tim4rec_ml100k.py --epochs=2
+    # or one process per row:  --only=0 --out=benchmarks/results/tim4rec_ml100k_0.json
 
 Three runs on RecBole's leave-one-out split of the bundled ml-100k, the same seed, L = 50,
 d = 64, 2 layers, batch 256, Adam 1e-3 and the same number of epochs (selected on validation
@@ -34,6 +35,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default="benchmarks/results/tim4rec_ml100k.json")
+    parser.add_argument(
+        "--only", type=int, default=None, help="run only this row (0-2), to run rows in parallel"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = {
@@ -56,7 +60,9 @@ def main() -> None:
     }
     report: dict = {"settings": base, "threads": args.threads, "runs": {}}
     rows = []
-    for label, (name, extra) in RUNS.items():
+    for i, (label, (name, extra)) in enumerate(RUNS.items()):
+        if args.only is not None and i != args.only:
+            continue
         result = run(name, "ml-100k", config_dict={**base, **extra}, saved=False)
         seconds = result["epoch_train_seconds"]
         report["runs"][label] = {

@@ -254,6 +254,22 @@ def test_time_aware_false_is_the_plain_ssd_stack():
     assert out.shape == (2, 16) and torch.isfinite(out).all()
 
 
+def test_one_layer_drops_the_ssd_residual_as_the_authors():
+    """The authors' TiSSDLayer adds ``x`` back only when there is more than one layer."""
+    assert all(layer.residual for layer in make_model().layers)
+    model = make_model(n_layers=1)
+    layer = model.layers[0]
+    assert not layer.residual
+    items, lengths, times = make_batch([10, 4], 10)
+    mask = torch.arange(10) < lengths[:, None]
+    with torch.no_grad():
+        x = model.emb_layer_norm(model.item_embedding(items))
+        tau = model.time_state(times, mask)
+        got, _ = layer(x, tau, mask, next_time=False)
+        expected = layer.ffn(layer.layer_norm(layer.ssd(x, tau, mask, False)[0]))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
 # --- bad input ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "settings",
@@ -271,6 +287,21 @@ def test_missing_time_field_stops_in_check_config(settings):
     assert "timestamps" in message and "TIME_FIELD" in message and "load_col" in message
     assert "\n" not in message
     TiM4Rec.check_config(Config("TiM4Rec", "ml-100k", config_dict=dict(settings, time_aware=False)))
+
+
+def test_dataset_without_timestamps_stops_at_build():
+    """``load_col: ~`` passes check_config; a dataset file without the column is caught when
+    the model sees the dataset's fields."""
+
+    class NoTime(_Data):
+        field2type = {"item_id_list": None}
+
+    config = Config("TiM4Rec", "ml-100k", config_dict={**TINY_MODEL, "gpu_id": ""})
+    with pytest.raises(ConfigError) as err:
+        TiM4Rec(config, NoTime())
+    message = str(err.value)
+    assert "TiM4Rec needs timestamps" in message and "TIME_FIELD" in message
+    assert "load_col" in message and "\n" not in message
 
 
 @pytest.mark.parametrize(
@@ -300,6 +331,18 @@ def test_cli_without_time_field_prints_one_line(data_root, tmp_path):
     )
     line = _one_line_error(proc)
     assert "TiM4Rec needs timestamps" in line and "TIME_FIELD" in line and "load_col" in line
+
+
+def test_cli_kernel_backend_without_mamba_ssm_prints_one_line(data_root, tmp_path):
+    proc = _cli(
+        "--model=TiM4Rec",
+        f"--dataset={TINY}",
+        f"--data_path={data_root}",
+        "--ssd_backend=kernel",
+        cwd=tmp_path,
+    )
+    line = _one_line_error(proc)
+    assert "ssd_backend: kernel needs mamba-ssm and a CUDA device" in line
 
 
 # --- end to end ---------------------------------------------------------------------------

@@ -6,12 +6,12 @@ Reference:
     Authors' code: github.com/AlwaysFHao/TiM4Rec (GPU only: it needs mamba-ssm's kernels).
 
 Item embedding, dropout, LayerNorm (no positions), then ``n_layers`` of
-``h = LN(Dropout(TiSSD(x)) + x)`` and a Hardswish FFN. TiSSD is a Mamba2 block whose step sizes
-are modulated by the time gaps of the sequence: ``dt' = softplus(dt * u + dt_bias)``, with ``u``
-computed per layer from a "time state" (tau, one row of length L per head) that is carried from
-layer to layer. ``time_aware: False`` drops the time path (``u = 1``): an SSD4Rec-style baseline.
-The SSD runs in pure PyTorch (:mod:`recbole_flame.model.layers.ssd`) unless mamba-ssm's kernel
-can be used.
+``h = LN(Dropout(TiSSD(x)) + x)`` (no ``+ x`` when ``n_layers`` is 1, as in the authors' code)
+and a Hardswish FFN. TiSSD is a Mamba2 block whose step sizes are modulated by the time gaps of
+the sequence: ``dt' = softplus(dt * u + dt_bias)``, with ``u`` computed per layer from a "time
+state" (tau, one row of length L per head) that is carried from layer to layer.
+``time_aware: False`` drops the time path (``u = 1``): an SSD4Rec-style baseline. The SSD runs
+in pure PyTorch (:mod:`recbole_flame.model.layers.ssd`) unless mamba-ssm's kernel can be used.
 
 Padding. RecBole right-pads every sequence to L = MAX_ITEM_LIST_LENGTH, and the time path has
 parameters indexed by position (the L x L maps and the affine of the LayerNorms over the sequence
@@ -23,11 +23,13 @@ one built with a larger L that shares those parameters, does not change it. (The
 statistics run over all L positions, padding included, where the first padded gap is minus the
 last timestamp.)
 
-Causality. With ``time_causal: True`` the time path, like the SSD, only looks back: the
-L x L maps are lower-triangular and each step is normalised with the statistics of the real steps
-up to it, so the output at step t depends on items and timestamps up to t only. ``False`` (default) uses
-the authors' dense maps and whole-sequence statistics, where a step's time state also depends on
-later gaps of the same (observed) history.
+Causality. ``time_causal: False`` (the default) is the authors' time path: dense L x L maps and
+whole-sequence statistics over the real steps, so a step's time state also depends on later gaps
+of the same (observed) history. That leaks nothing in RecBole's prefix training, where a sample
+holds only the steps before its target. With ``time_causal: True`` the time path, like the SSD,
+only looks back (lower-triangular maps, each step normalised with the statistics of the real
+steps up to it), so the output at step t depends on items and timestamps up to t only: what
+``train_mode: dense`` needs.
 """
 
 from __future__ import annotations
@@ -227,10 +229,14 @@ class FeedForward(nn.Module):
 
 
 class TiSSDLayer(nn.Module):
-    """``h = LN(Dropout(TiSSD(x)) + x)``, then the FFN."""
+    """``h = LN(Dropout(TiSSD(x)) + x)``, then the FFN; ``h = LN(Dropout(TiSSD(x)))`` when
+    ``residual`` is False (the authors' code drops this residual in a one-layer model)."""
 
-    def __init__(self, d_model: int, dropout: float, eps: float, **ssd_args) -> None:
+    def __init__(
+        self, d_model: int, dropout: float, eps: float, residual: bool = True, **ssd_args
+    ) -> None:
         super().__init__()
+        self.residual = residual
         self.ssd = TiSSD(d_model, norm_eps=eps, **ssd_args)
         self.dropout = nn.Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d_model, eps=eps)
@@ -240,7 +246,8 @@ class TiSSDLayer(nn.Module):
         self, x: torch.Tensor, tau: torch.Tensor | None, mask: torch.Tensor, next_time: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden, tau = self.ssd(x, tau, mask, next_time)
-        return self.ffn(self.layer_norm(self.dropout(hidden) + x)), tau
+        hidden = self.dropout(hidden)
+        return self.ffn(self.layer_norm(hidden + x if self.residual else hidden)), tau
 
 
 class TiM4Rec(SequentialRecommender):
@@ -267,7 +274,8 @@ class TiM4Rec(SequentialRecommender):
         if self.time_aware and fields is not None and self.TIME_SEQ not in fields:
             raise ConfigError(
                 f"TiM4Rec needs timestamps but the dataset has no '{config['TIME_FIELD']}' "
-                "column; point TIME_FIELD at its time column, or set time_aware: False"
+                "column; set TIME_FIELD to its time column and list it in load_col's inter "
+                "list, or set time_aware: False"
             )
         eps = float(config["norm_eps"])
         dropout = config["dropout_prob"]
@@ -283,6 +291,7 @@ class TiM4Rec(SequentialRecommender):
                 self.hidden_size,
                 dropout,
                 eps,
+                residual=self.n_layers > 1,  # as the authors' TiSSDLayer
                 max_len=self.max_seq_length,
                 d_state=config["d_state"],
                 d_conv=config["d_conv"],
