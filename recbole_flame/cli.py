@@ -38,7 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--ray_address", default=None, help="existing Ray cluster; default: local")
     tune.add_argument("--output_dir", default=None, help="default: ray_results or comparison")
     tune.add_argument("--name", default=None, help="experiment name (default: MODEL-DATASET)")
-    tune.add_argument("--resume", action="store_true", help="resume an interrupted search")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="a single run: continue from its PATH-last.pth state (printed in the log); with "
+        "--hyper: resume the interrupted search (no PATH)",
+    )
     compare = parser.add_argument_group("comparison (with --model=A,B,...)")
     compare.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 1,2,3")
     return parser
@@ -69,12 +77,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from recbole_flame.quick_start import run
 
-            run(models[0] if models else args.model, args.dataset, config_files, cmd_args=overrides)
+            if args.resume is True:
+                raise UserError(
+                    "--resume needs the run's state file for a single run: --resume=PATH "
+                    "(the file ending in -last.pth named in the run's log)"
+                )
+            run(
+                models[0] if models else args.model,
+                args.dataset,
+                config_files,
+                cmd_args=overrides,
+                resume=args.resume,
+            )
     except UserError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"{parser.prog}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

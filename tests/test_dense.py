@@ -156,16 +156,24 @@ def test_trim_leaves_flame_losses_unchanged(flame_setup, monkeypatch, mixing):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def _flame_with(config, dataset, **settings) -> FLAME:
+    before = {k: config[k] for k in settings}
+    config.final_config_dict.update(settings)
+    try:
+        return FLAME(config, dataset).eval()
+    finally:
+        config.final_config_dict.update(before)
+
+
 @pytest.mark.parametrize("mixing", ["tiled", "independent"])
 def test_flame_step_outputs_equal_prefix_outputs(flame_setup, mixing):
-    """Dense training reads every step of every path: step t must equal the last-step output
-    of the prefix ending at t, in both mixing modes (the tiled mask has to be causal)."""
+    """Dense training reads every step of every path: with RecBole's positions (``start``)
+    step t must equal the last-step output of the prefix ending at t, in both mixing modes (the
+    tiled mask has to be causal)."""
     config, train_data = flame_setup
-    config["path_mixing"] = mixing
-    try:
-        model = FLAME(config, train_data._dataset).eval()
-    finally:
-        config["path_mixing"] = "tiled"
+    model = _flame_with(
+        config, train_data._dataset, path_mixing=mixing, position_alignment="start"
+    )
     torch.manual_seed(1)
     for p in model.frozen.parameters():
         p.data.normal_(0, 0.05)  # a frozen network unlike the learnable one
@@ -179,6 +187,23 @@ def test_flame_step_outputs_equal_prefix_outputs(flame_setup, mixing):
             last = model.path_outputs(prefix, torch.tensor([t + 1]), paths)
             for p in paths:
                 assert torch.allclose(every[p][0, t], last[p][0], atol=1e-5), (p, t)
+
+
+def test_flame_end_alignment_dense_is_exact_only_at_the_last_step(flame_setup):
+    """Under ``end`` positions a window's step t sits at L - n + t, not at L - 1 as in the
+    prefix sample: only the window's last step equals the prefix output (documented)."""
+    config, train_data = flame_setup
+    model = _flame_with(config, train_data._dataset, position_alignment="end")
+    seq = torch.tensor([[5, 9, 2, 7, 3, 0, 0]])
+    paths = model.sample_paths()
+    with torch.no_grad():
+        every = model.path_outputs(seq, torch.tensor([5]), paths, all_steps=True)
+        for t in range(5):
+            prefix = seq.clone()
+            prefix[0, t + 1 :] = 0
+            last = model.path_outputs(prefix, torch.tensor([t + 1]), paths)
+            same = all(torch.allclose(every[p][0, t], last[p][0], atol=1e-5) for p in paths)
+            assert same == (t == 4), t
 
 
 def test_grouped_info_nce_single_group_is_plain():

@@ -96,7 +96,7 @@ def flame_parts(data_root, workdir, sasrec_checkpoint):
     def build(**overrides):
         config = flame_config(data_root, frozen_checkpoint=sasrec_checkpoint, **overrides)
         cfg, model, trainer, data = prepare("FLAME", TINY, config_dict=config)
-        trainer.load_frozen(sasrec_checkpoint)
+        trainer.load_frozen(sasrec_checkpoint, data[0]._dataset)
         return cfg, model, trainer, data
 
     return build
@@ -147,7 +147,7 @@ def test_tiled_paths_equal_a_naive_tiled_attention(flame_parts):
     with torch.no_grad():
         out = model.path_outputs(seq, lens)
         mask = _naive_tiled_mask(seq, 2)
-        streams = torch.cat((model.embed(model.learnable, seq), model.embed(model.frozen, seq)), 1)
+        streams = torch.cat((model.learnable.embed(seq, lens), model.frozen.embed(seq, lens)), 1)
         rows = torch.arange(len(seq))
         for encoder_net, first, second in (
             (model.learnable, "ll", "fl"),
@@ -172,7 +172,7 @@ def test_per_block_paths_follow_their_labels(flame_parts):
     with torch.no_grad():
         out = model.path_outputs(seq, lens)
         for label in ("lfl", "fll", "ffl"):
-            hidden = model.embed(nets[label[0]], seq)
+            hidden = nets[label[0]].embed(seq, lens)
             for block, net in enumerate(label[1:]):
                 hidden = nets[net].trm_encoder.layer[block](hidden, mask)
             expected = hidden[torch.arange(len(seq)), lens - 1]
@@ -218,9 +218,16 @@ def test_two_stages_end_to_end_and_stage1_cache(data_root, workdir):
     assert second["stage1_checkpoint"] == first["stage1_checkpoint"]
     third = run("FLAME", TINY, config_dict=config)
     assert third["test_result"] == first["test_result"]  # cached stage 1 changes nothing
-    # Stage 1 is RecBole's SASRec on the same pipeline with the FLAME config's settings.
-    sasrec = run("SASRec", TINY, config_dict=dict(config, seed=42), saved=False)
+    # Stage 1 is this package's SASRec on the same pipeline with the FLAME config's settings
+    # (FLAME's yaml sets position_alignment: end, which a plain SASRec must be given).
+    sasrec = run(
+        "SASRec", TINY, config_dict=dict(config, seed=42, position_alignment="end"), saved=False
+    )
     assert first["stage1_valid_result"] == dict(sasrec["best_valid_result"])
+    # The FLAME run carries the frozen SASRec's own test result: that standalone run's.
+    assert first["stage1_test_result"] == dict(sasrec["test_result"])
+    assert first["stage1_best_epoch"] == sasrec["best_epoch"]
+    assert first["best_epoch"] in (1, 2) and len(first["valid_history"]) == 2
 
 
 def test_frozen_checkpoint_that_does_not_fit(data_root, workdir, sasrec_checkpoint):

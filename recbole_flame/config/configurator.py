@@ -159,7 +159,11 @@ class Config(RecBoleConfig):
             and not self._our_yaml_sets("train_neg_sample_args")
         ):
             final["train_neg_sample_args"] = None
+        # Package-wide keys (see properties/overall.yaml of RecBole for the others).
         final.setdefault("train_mode", "prefix")
+        final.setdefault("position_alignment", "start")
+        final.setdefault("history_limit", None)
+        final.setdefault("eval_exclude_history", False)
         return final
 
     def _our_yaml_sets(self, key: str) -> bool:

@@ -22,18 +22,25 @@ earlier items of every stream), and InfoNCE draws its negatives from random grou
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
+from recbole_flame.model.authors_sasrec import (
+    is_authors_state_dict,
+    map_item_rows,
+    rename_authors_state_dict,
+)
 from recbole_flame.model.layers.sequence import trim_batch
 from recbole_flame.model.sasrec import SASRec
-from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint
+from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint, read_torch_file
 from recbole_flame.utils.errors import CheckpointError, ConfigError
 
 _CHOICES = {
@@ -74,16 +81,34 @@ def pair_weights(pairs: list[tuple[torch.Tensor, torch.Tensor]], detach: bool) -
     return torch.softmax(scores, dim=0)
 
 
-def check_frozen_checkpoint(config, path: str, n_items: int | None = None) -> dict:
+def check_frozen_checkpoint(config, path: str, n_items: int | None = None, id_tokens=None) -> dict:
     """Load a stage-1 checkpoint and check it fits a SASRec of ``config``'s shape; returns the
-    checkpoint. Without ``n_items`` (no dataset yet) the item count is taken from the file."""
+    checkpoint. Without ``n_items`` (no dataset yet) the item count is taken from the file.
+
+    Also accepts the FLAME authors' released SASRec weights (a plain state dict in their
+    naming): their names are mapped onto RecBole's, and with ``id_tokens`` (the dataset's item
+    tokens by internal id) their item rows are put in the dataset's order."""
     if not os.path.isfile(path):
         raise CheckpointError(
             f"frozen_checkpoint '{path}' does not exist; give a SASRec checkpoint of this "
-            "package, or ~ to train one in stage 1"
+            "package or the FLAME authors' released .pt, or ~ to train one in stage 1"
         )
-    checkpoint = load_checkpoint(path)
-    state_dict = checkpoint["state_dict"]
+    raw = read_torch_file(path)
+    if is_authors_state_dict(raw):
+        if config["position_alignment"] != "end":
+            raise CheckpointError(
+                f"frozen_checkpoint '{path}' holds the FLAME authors' SASRec, trained with the "
+                "last item at position L-1: set position_alignment: end"
+            )
+        state_dict = rename_authors_state_dict(raw, path)
+        if id_tokens is not None:
+            state_dict["item_embedding.weight"] = map_item_rows(
+                state_dict["item_embedding.weight"], id_tokens, path
+            )
+        checkpoint = {"state_dict": state_dict, "format": "authors"}
+    else:
+        checkpoint = load_checkpoint(path)
+        state_dict = checkpoint["state_dict"]
     if n_items is None:
         emb = state_dict.get("item_embedding.weight")
         n_items = emb.shape[0] if emb is not None else 1
@@ -145,6 +170,7 @@ class FLAME(SequentialRecommender):
         self.learnable = SASRec(config, dataset)
         self.frozen = SASRec(config, dataset)
         self.frozen.requires_grad_(False)
+        self._scorer = "learnable"  # inference runs the learnable network alone
 
         n_layers = config["n_layers"]
         if self.module_split == "embedding_encoder":
@@ -197,13 +223,6 @@ class FLAME(SequentialRecommender):
         self.frozen.requires_grad_(False)
 
     # --- modules --------------------------------------------------------------------------
-    @staticmethod
-    def embed(net: SASRec, item_seq: torch.Tensor) -> torch.Tensor:
-        """Module E of a SASRec: item + position embedding, LayerNorm, dropout."""
-        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
-        emb = net.item_embedding(item_seq) + net.position_embedding(positions)
-        return net.dropout(net.LayerNorm(emb))
-
     def _run_blocks(
         self, net: SASRec, blocks: list[int], streams: list[torch.Tensor], mask: torch.Tensor
     ) -> list[torch.Tensor]:
@@ -238,7 +257,10 @@ class FLAME(SequentialRecommender):
         paths = paths or self.sample_paths()
         nets = {"l": self.learnable, "f": self.frozen}
         mask = self.get_attention_mask(item_seq)
-        streams = {c: self.embed(nets[c], item_seq) for c in sorted({p[0] for p in paths})}
+        # Module E of each network: item + position embedding, LayerNorm, dropout.
+        streams = {
+            c: nets[c].embed(item_seq, item_seq_len) for c in sorted({p[0] for p in paths})
+        }
         for depth, blocks in enumerate(self.blocks_per_module, start=1):
             prefixes = sorted({p[: depth + 1] for p in paths})
             nxt: dict[str, torch.Tensor] = {}
@@ -292,11 +314,21 @@ class FLAME(SequentialRecommender):
         )
         return (weights * losses).sum()
 
+    @contextlib.contextmanager
+    def scoring_with(self, network: str) -> Iterator[None]:
+        """Score with ``frozen`` instead of ``learnable`` inside the block (the stage-1 SASRec's
+        own results, on the same evaluator)."""
+        before, self._scorer = self._scorer, network
+        try:
+            yield
+        finally:
+            self._scorer = before
+
     def predict(self, interaction) -> torch.Tensor:
-        return self.learnable.predict(interaction)
+        return getattr(self, self._scorer).predict(interaction)
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
-        return self.learnable.full_sort_predict(interaction)
+        return getattr(self, self._scorer).full_sort_predict(interaction)
 
     def extra_repr(self) -> str:
         return (

@@ -8,6 +8,14 @@ and its inference. Training differs in two ways, both exact for a causal model:
   and the CE loss is averaged over every real step, each step predicting the next item.
 
 With ``train_mode: prefix`` (the default) the loss is RecBole's, on the same samples.
+
+``position_alignment: start`` (default) is RecBole's position embedding: step t has position t.
+``end`` is the layout of the SASRec and FLAME authors' code, which left-pads: the last real item
+sits at position L - 1, so a position means "distance from the end". Batches stay right-padded;
+only the position ids change (the outputs at real steps equal the authors' left-padded ones).
+Under ``end``, dense training is not exact at every step: step t of a window of n items sees its
+items at positions L - n .. L - n + t (the same spacing as the prefix sample, shifted), and only
+the window's last step sits where inference puts it.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
-from recbole_flame.model.layers.sequence import dense_targets, trim_batch
+from recbole_flame.model.layers.sequence import dense_targets, position_ids, trim_batch
 
 
 class SASRec(RecBoleSASRec):
@@ -29,6 +37,7 @@ class SASRec(RecBoleSASRec):
         super().__init__(config, dataset)
         self.dense = config["train_mode"] == "dense"
         self.list_suffix = config["LIST_SUFFIX"]
+        self.position_alignment = config["position_alignment"] or "start"
 
     @classmethod
     def dense_training_error(cls, config) -> str | None:
@@ -40,21 +49,29 @@ class SASRec(RecBoleSASRec):
             )
         return None
 
-    def encode_all(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """The last layer's output at every step (B x l x d)."""
-        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+    def embed(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """Item + position embedding, LayerNorm, dropout (B x l x d)."""
+        positions = position_ids(
+            item_seq_len, item_seq.size(1), self.max_seq_length, self.position_alignment
+        )
         emb = self.item_embedding(item_seq) + self.position_embedding(positions)
-        hidden = self.dropout(self.LayerNorm(emb))
+        return self.dropout(self.LayerNorm(emb))
+
+    def encode_all(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """The last layer's output at every step (B x l x d)."""
+        hidden = self.embed(item_seq, item_seq_len)
         mask = self.get_attention_mask(item_seq)
         return self.trm_encoder(hidden, mask, output_all_encoded_layers=True)[-1]
 
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """The output at each sequence's last real step (B x d), as RecBole's SASRec."""
+        return self.gather_indexes(self.encode_all(item_seq, item_seq_len), item_seq_len - 1)
+
     def dense_loss(self, interaction) -> torch.Tensor:
         """Mean CE of the next item over every real step of every window."""
-        item_seq = interaction[self.ITEM_SEQ]
-        targets, real = dense_targets(
-            item_seq, interaction[self.ITEM_SEQ_LEN], interaction[self.POS_ITEM_ID]
-        )
-        output = self.encode_all(item_seq)[real]
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        targets, real = dense_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
+        output = self.encode_all(item_seq, item_seq_len)[real]
         return F.cross_entropy(output @ self.item_embedding.weight.T, targets[real])
 
     def calculate_loss(self, interaction) -> torch.Tensor:

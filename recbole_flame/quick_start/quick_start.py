@@ -14,8 +14,8 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed
 
 from recbole_flame.config import Config
-from recbole_flame.data import dense_train_dataloader
-from recbole_flame.model.layers.sequence import TRAIN_MODES
+from recbole_flame.data import apply_history_limit, dense_train_dataloader
+from recbole_flame.model.layers.sequence import POSITION_ALIGNMENTS, TRAIN_MODES
 from recbole_flame.utils.errors import ConfigError, DatasetNotFoundError
 from recbole_flame.utils.registry import available_models, get_model, get_trainer
 
@@ -62,6 +62,18 @@ def check_train_mode(config: Config) -> None:
         raise ConfigError(f"{name}: {problem}")
 
 
+def check_data_layout(config: Config) -> None:
+    """Stop with one line on a ``position_alignment`` or ``history_limit`` out of range."""
+    alignment = config["position_alignment"]
+    if alignment not in POSITION_ALIGNMENTS:
+        raise ConfigError(
+            f"position_alignment must be one of {', '.join(POSITION_ALIGNMENTS)}, not {alignment!r}"
+        )
+    limit = config["history_limit"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"history_limit must be an integer >= 1 or ~ (no limit), not {limit!r}")
+
+
 def reset_logging(config: Config) -> None:
     """RecBole's ``init_logger`` uses ``logging.basicConfig``, which does nothing once the root
     logger has handlers; drop ours so each run logs to its own file."""
@@ -94,6 +106,7 @@ def prepare(
     if check is not None:
         check(config)  # model-specific bad input stops here, before any data is loaded
     check_train_mode(config)
+    check_data_layout(config)
     check_dataset_on_disk(config)
     init_seed(config["seed"], config["reproducibility"])
     reset_logging(config)
@@ -102,6 +115,9 @@ def prepare(
     logger.info(config)
 
     data = create_dataset(config)
+    if config["history_limit"]:
+        dropped = apply_history_limit(data, config["history_limit"])
+        logger.info(f"history_limit {config['history_limit']}: dropped {dropped} older interactions")
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     if config["train_mode"] == "dense":
@@ -124,16 +140,22 @@ def run(
     saved: bool = True,
     cmd_args: Sequence[str] | None = None,
     callback_fn: Callable[[int, float], None] | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` with early stopping on validation, then test the
-    best-validation model.
+    best-validation model. ``resume``: a run's ``-last.pth`` state to continue from (the same
+    settings; ``epochs`` may grow).
 
     Returns RecBole's result dict (``best_valid_score``, ``valid_score_bigger``,
     ``best_valid_result``, ``test_result``) plus ``model``, ``dataset``, ``checkpoint`` (the
     best model's file, or None when ``saved`` is False), ``epoch_train_seconds`` and any
-    model-specific entries. ``callback_fn(epoch, valid_score)`` is called after each validation.
+    model-specific entries, the learning curve (``valid_history``, ``best_epoch``,
+    ``elapsed_seconds_to_best``, ...) and ``resume_file``. ``callback_fn(epoch, valid_score)`` is
+    called after each validation.
     """
     config, _net, trainer, data = prepare(model, dataset, config_file_list, config_dict, cmd_args)
+    if resume:
+        trainer.resume_checkpoint(resume)
     return train_and_test(config, trainer, data, saved=saved, callback_fn=callback_fn)
 
 
@@ -170,8 +192,11 @@ def train_and_test(
         if saved and os.path.isfile(trainer.saved_model_file)
         else None,
         "epoch_train_seconds": list(trainer.epoch_train_seconds),
+        "resume_file": trainer.resume_file if saved else None,
     }
+    result.update(trainer.learning_curve())
     result.update(trainer.result_extras())
+    result.update(trainer.after_test(valid_data, test_data))
     return result
 
 

@@ -7,7 +7,6 @@ import fcntl
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +109,7 @@ class FLAMETrainer(Trainer):
         self.stage1_checkpoint: str | None = None
         self.stage1_source: str | None = None
         self.stage1_valid_result: dict[str, float] | None = None
+        self.stage1_curve: dict[str, Any] | None = None
 
     def _build_optimizer(self, **kwargs):
         kwargs.setdefault("params", [p for p in self.model.parameters() if p.requires_grad])
@@ -148,29 +148,36 @@ class FLAMETrainer(Trainer):
         trainer = Trainer(self.config, backbone)
         trainer.epochs = epochs
         trainer.eval_step = min(self.config["eval_step"], epochs)
-        # Train into a private file; only a finished stage 1 appears under the cache name.
-        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        # Train into hidden files named after the cache key; only a finished stage 1 appears
+        # under the cache name. An interrupted stage 1 resumes from its last validated epoch
+        # when the same settings run again (the key guarantees the same data and settings).
+        partial = path.with_name(f".{path.name}.partial")
         trainer.saved_model_file = str(partial)
-        try:
-            _, best_valid = trainer.fit(
-                train_data, valid_data, saved=True, show_progress=show_progress
-            )
-            state = load_checkpoint(partial)
-            state["stage1_key"] = stage1_key(self.config)
-            state["best_valid_result"] = plain(best_valid)
-            atomic_save(state, path)
-        finally:
-            if partial.exists():
-                partial.unlink()
+        trainer.resume_file = str(path.with_name(f".{path.name}.last"))
+        if os.path.isfile(trainer.resume_file):
+            trainer.resume_checkpoint(trainer.resume_file, check_settings=False)
+            self.logger.info(f"FLAME stage 1: resuming from epoch {trainer.start_epoch + 1}")
+        _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
+        state = load_checkpoint(partial)
+        state["stage1_key"] = stage1_key(self.config)
+        state["best_valid_result"] = plain(best_valid)
+        state["learning_curve"] = plain(trainer.learning_curve())
+        atomic_save(state, path)
+        for leftover in (partial, Path(trainer.resume_file)):
+            leftover.unlink(missing_ok=True)
         self.stage1_valid_result = dict(best_valid or {})
+        self.stage1_curve = state["learning_curve"]
         self.logger.info(f"FLAME stage 1: best valid {best_valid}; saved {path}")
 
-    def load_frozen(self, path: str) -> None:
+    def load_frozen(self, path: str, dataset) -> None:
         n_items = self.model.learnable.item_embedding.num_embeddings
-        checkpoint = check_frozen_checkpoint(self.config, path, n_items=n_items)
+        tokens = dataset.field2id_token[dataset.iid_field]
+        checkpoint = check_frozen_checkpoint(self.config, path, n_items=n_items, id_tokens=tokens)
         self.model.load_frozen(checkpoint["state_dict"])
         if self.stage1_valid_result is None and checkpoint.get("best_valid_result"):
             self.stage1_valid_result = dict(checkpoint["best_valid_result"])
+        if self.stage1_curve is None and checkpoint.get("learning_curve"):
+            self.stage1_curve = dict(checkpoint["learning_curve"])
 
     # --- stage 2 --------------------------------------------------------------------------
     def fit(
@@ -184,7 +191,7 @@ class FLAMETrainer(Trainer):
     ):
         if self.start_epoch == 0:  # a resumed run already holds its frozen weights
             self.stage1_checkpoint = self.run_stage1(train_data, valid_data, show_progress)
-            self.load_frozen(self.stage1_checkpoint)
+            self.load_frozen(self.stage1_checkpoint, train_data._dataset)
             # Stage 2 starts from the same random state whether stage 1 ran or was reused:
             # the global generators, and the training loader's own shuffling generator.
             init_seed(
@@ -214,9 +221,49 @@ class FLAMETrainer(Trainer):
         line = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
         return f"{line} lambda_r={self.model.lambda_r:.4g}"
 
+    def after_test(self, valid_data, test_data) -> dict[str, Any]:
+        """The frozen (stage-1) SASRec's own results on the same splits, so a FLAME run is its
+        own comparison, and how much faster stage 2 reached stage 1's best validation score."""
+        with self.model.scoring_with("frozen"):
+            if self.stage1_valid_result is None:  # given weights: score them here
+                self.stage1_valid_result = dict(
+                    super().evaluate(valid_data, load_best_model=False)
+                )
+            stage1_test = dict(super().evaluate(test_data, load_best_model=False))
+        self.logger.info(f"FLAME stage 1 (frozen SASRec) test result: {stage1_test}")
+        metric = self.config["valid_metric"].lower()
+        target = self.stage1_valid_result.get(metric)
+        curve = self.learning_curve()
+        reached = next(
+            (h["epoch"] for h in curve["valid_history"] if target is not None
+             and h["valid_score"] >= target),
+            None,
+        )
+        stage1_best = (self.stage1_curve or {}).get("best_epoch")
+        ratio = stage1_best / reached if stage1_best and reached else None
+        self.logger.info(
+            f"FLAME convergence: stage 1 best {metric} {target} at epoch {stage1_best}; stage 2 "
+            f"reached it at epoch {reached}; ratio {ratio}"
+        )
+        return {
+            "stage1_valid_result": self.stage1_valid_result,
+            "stage1_test_result": stage1_test,
+            "stage1_best_epoch": stage1_best,
+            "stage1_learning_curve": self.stage1_curve,
+            "stage2_epoch_reaching_stage1_best": reached,
+            "convergence_ratio": ratio,
+        }
+
     def result_extras(self) -> dict[str, Any]:
         return {
             "stage1_checkpoint": self.stage1_checkpoint,
             "stage1_source": self.stage1_source,
             "stage1_valid_result": self.stage1_valid_result,
+            "stage1_learning_curve": self.stage1_curve,
         }
+
+    def restore_extras(self, extras: dict[str, Any]) -> None:
+        self.stage1_checkpoint = extras.get("stage1_checkpoint")
+        self.stage1_source = extras.get("stage1_source")
+        self.stage1_valid_result = extras.get("stage1_valid_result")
+        self.stage1_curve = extras.get("stage1_learning_curve")

@@ -1,13 +1,16 @@
-"""RecBole's Trainer with safe checkpoints and testing on the best-validation model."""
+"""RecBole's Trainer with safe checkpoints, testing on the best-validation model, a learning
+curve, and runs that resume where they were stopped."""
 
 from __future__ import annotations
 
 import functools
 import os
+import random
 import time
 import uuid
 from typing import Any
 
+import numpy as np
 import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import get_local_time
@@ -19,7 +22,65 @@ from recbole_flame.utils.checkpoint import (
     plain,
     plain_config,
 )
-from recbole_flame.utils.errors import CheckpointError
+from recbole_flame.utils.errors import CheckpointError, ConfigError, TrainingDiverged
+
+# Settings a resumed run may change: the epoch budget and where or how verbosely it runs.
+_RESUME_FREE = frozenset(
+    {
+        "epochs",
+        "data_path",
+        "checkpoint_dir",
+        "stage1_cache_dir",
+        "gpu_id",
+        "use_gpu",
+        "device",
+        "state",
+        "show_progress",
+        "worker",
+        "eval_batch_size",
+        "config_files",
+        "log_wandb",
+        "wandb_project",
+        "single_spec",
+        "local_rank",
+    }
+)
+
+
+def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
+    """Every random generator a training epoch draws from, as tensors and plain data."""
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), cached],
+        "python": random.getstate(),
+        "loader": loader_generator.get_state() if loader_generator is not None else None,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
+    """Restore what :func:`rng_state` recorded."""
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if loader_generator is not None and state.get("loader") is not None:
+        loader_generator.set_state(state["loader"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``resume_file`` holds the last completed (validated) epoch."""
+
+    def __init__(self, resume_file: str | None) -> None:
+        self.resume_file = resume_file
+        where = f"; resume with --resume={resume_file}" if resume_file else ""
+        super().__init__(f"interrupted during training{where}")
 
 
 class SafeCheckpointMixin:
@@ -36,15 +97,52 @@ class SafeCheckpointMixin:
         super().__init__(config, model)
         name = f"{config['model']}-{get_local_time()}-{uuid.uuid4().hex[:6]}.pth"
         self.saved_model_file = os.path.join(self.checkpoint_dir, name)
+        # The state to resume from: rewritten after every validation (model, optimizer,
+        # early-stopping state, learning curve, random generators).
+        self.resume_file = self.saved_model_file[: -len(".pth")] + "-last.pth"
         self._persist = True
         self._best_in_memory: dict[str, Any] | None = None
         self.epoch_train_seconds: list[float] = []
+        self.valid_history: list[dict[str, Any]] = []  # one entry per validation
+        self.finished = False  # the run reached early stopping or its epoch budget
+        self._elapsed_before = 0.0  # wall seconds spent in earlier sittings of a resumed run
+        self._pending_rng: dict[str, Any] | None = None
+        self._epoch_idx = 0
+        self._last_valid_result: dict[str, float] | None = None
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._epoch_idx = epoch_idx
         start = time.perf_counter()
         losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.epoch_train_seconds.append(time.perf_counter() - start)
         return losses
+
+    def _check_nan(self, loss):
+        if not torch.isfinite(loss).all():
+            kept = (
+                f"; the best model so far is {self.saved_model_file}"
+                if self._persist and os.path.isfile(self.saved_model_file)
+                else ""
+            )
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} in epoch {self._epoch_idx + 1}: lower "
+                f"learning_rate (now {self.config['learning_rate']}), or set enable_amp: False if "
+                f"it is on{kept}"
+            )
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.config["eval_exclude_history"]:
+            # RecBole ranks a sequential user's own history items too; the FLAME and SASRec
+            # authors' evaluators rank them out. Here: the items of the input sequence.
+            seq = interaction[self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]]
+            scores.scatter_(1, seq.to(scores.device), float("-inf"))
+        return interaction, scores, positive_u, positive_i
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self._last_valid_result = dict(result)
+        return score, result
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         """Everything a checkpoint holds, as tensors and plain data."""
@@ -85,15 +183,64 @@ class SafeCheckpointMixin:
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         return checkpoint
 
-    def resume_checkpoint(self, resume_file):
+    def resume_state(self, epoch: int, train_data) -> dict[str, Any]:
+        """:meth:`checkpoint_state` plus what a resumed run needs to go on exactly."""
+        return {
+            **self.checkpoint_state(epoch),
+            "best_valid_result": plain(self.best_valid_result),
+            "best_model_file": self.saved_model_file,
+            "valid_history": plain(self.valid_history),
+            "epoch_train_seconds": list(self.epoch_train_seconds),
+            "elapsed_seconds": self.elapsed_seconds(),
+            "finished": self.finished,
+            "rng": rng_state(getattr(train_data, "generator", None)),
+            "extras": plain(self.result_extras()),
+        }
+
+    def resume_checkpoint(self, resume_file, check_settings: bool = True):
+        """Continue a run from its ``-last.pth`` state (written after every validation)."""
         resume_file = str(resume_file)
         checkpoint = self.load_weights(resume_file)
-        self.saved_model_file = resume_file
+        if "rng" not in checkpoint:
+            raise CheckpointError(
+                f"checkpoint '{resume_file}' is a best-model file, not a run's resume state; "
+                "give the file ending in -last.pth"
+            )
+        if check_settings:
+            self._check_same_settings(checkpoint, resume_file)
+        self.resume_file = resume_file
+        self.saved_model_file = checkpoint["best_model_file"]
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint["best_valid_result"]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.valid_history = list(checkpoint["valid_history"])
+        self.epoch_train_seconds = list(checkpoint["epoch_train_seconds"])
+        self._elapsed_before = float(checkpoint["elapsed_seconds"])
+        self.finished = bool(checkpoint["finished"])
+        self._pending_rng = checkpoint["rng"]
+        self.restore_extras(checkpoint.get("extras") or {})
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def _check_same_settings(self, checkpoint: dict[str, Any], path: str) -> None:
+        then = checkpoint.get("config") or {}
+        now = plain_config(self.config)
+        for key in sorted(set(then) | set(now)):
+            if key in _RESUME_FREE or then.get(key) == now.get(key):
+                continue
+            raise ConfigError(
+                f"--resume={path} was written with {key}={then.get(key)!r} but this run has "
+                f"{key}={now.get(key)!r}; resume with the same settings"
+            )
+
+    def restore_extras(self, extras: dict[str, Any]) -> None:
+        """Model-specific state saved by :meth:`result_extras` (nothing by default)."""
+
+    def elapsed_seconds(self) -> float:
+        """Wall seconds of this run so far, earlier sittings included."""
+        start = getattr(self, "_fit_start", None)
+        return self._elapsed_before + (time.perf_counter() - start if start else 0.0)
 
     def fit(
         self,
@@ -106,16 +253,69 @@ class SafeCheckpointMixin:
     ):
         self._persist = bool(saved)
         self._best_in_memory = None
+        self._fit_start = time.perf_counter()
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng, getattr(train_data, "generator", None))
+            self._pending_rng = None
+        if self.finished:  # a resumed run that had already stopped: nothing left to train
+            return self.best_valid_score, self.best_valid_result
+
+        def after_validation(epoch_idx: int, valid_score: float) -> None:
+            self.valid_history.append(
+                {
+                    "epoch": epoch_idx + 1,
+                    "valid_score": float(valid_score),
+                    "valid_result": plain(self._last_valid_result),
+                    "train_loss": plain(self.train_loss_dict.get(epoch_idx)),
+                    "train_seconds": float(sum(self.epoch_train_seconds)),
+                    "elapsed_seconds": self.elapsed_seconds(),
+                }
+            )
+            if self._persist:
+                if len(self.valid_history) == 1:
+                    self.logger.info(f"Run state after each validation: {self.resume_file}")
+                atomic_save(self.resume_state(epoch_idx, train_data), self.resume_file)
+            if callback_fn is not None:
+                callback_fn(epoch_idx, valid_score)
+
         # RecBole only records the best model when saved=True; we always record it (on disk
         # or in memory) so that testing uses the best-validation weights either way.
-        return super().fit(
-            train_data,
-            valid_data,
-            verbose=verbose,
-            saved=True,
-            show_progress=show_progress,
-            callback_fn=callback_fn,
-        )
+        try:
+            result = super().fit(
+                train_data,
+                valid_data,
+                verbose=verbose,
+                saved=True,
+                show_progress=show_progress,
+                callback_fn=after_validation,
+            )
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            done = self._persist and os.path.isfile(self.resume_file)
+            raise TrainingInterrupted(self.resume_file if done else None) from exc
+        self.finished = True
+        if self._persist and self.valid_history:
+            last = self.valid_history[-1]["epoch"] - 1
+            atomic_save(self.resume_state(last, train_data), self.resume_file)
+        return result
+
+    def learning_curve(self) -> dict[str, Any]:
+        """The validation curve and when the best score was first reached."""
+        if not self.valid_history:
+            return {"valid_history": [], "best_epoch": None}
+        bigger = self.config["valid_metric_bigger"]
+        scores = [h["valid_score"] for h in self.valid_history]
+        best = max(scores) if bigger else min(scores)
+        at = self.valid_history[scores.index(best)]
+        return {
+            "valid_history": list(self.valid_history),
+            "best_epoch": at["epoch"],
+            "epochs_run": self.valid_history[-1]["epoch"],
+            "train_seconds_to_best": at["train_seconds"],
+            "elapsed_seconds_to_best": at["elapsed_seconds"],
+            "elapsed_seconds": self.valid_history[-1]["elapsed_seconds"],
+        }
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -132,6 +332,10 @@ class SafeCheckpointMixin:
 
     def result_extras(self) -> dict[str, Any]:
         """Model-specific entries for the run's final result (none by default)."""
+        return {}
+
+    def after_test(self, valid_data, test_data) -> dict[str, Any]:
+        """Model-specific results computed once the test is done (none by default)."""
         return {}
 
 

@@ -302,6 +302,6 @@ def settings_from_cli(args, overrides: Sequence[str]) -> SearchSettings:
         ray_address=args.ray_address,
         output_dir=args.output_dir,
         name=args.name,
-        resume=args.resume,
+        resume=bool(args.resume),
         max_concurrent=args.max_concurrent,
     )

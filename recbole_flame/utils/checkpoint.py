@@ -66,12 +66,20 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with torch's safe (weights-only) unpickler."""
+    """Read a checkpoint of this package with torch's safe (weights-only) unpickler."""
+    state = read_torch_file(path, map_location)
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"checkpoint '{path}' has no 'state_dict'; it is not a model file")
+    return state
+
+
+def read_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Whatever a ``torch.save`` file holds, read with the safe (weights-only) unpickler."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist; check the path")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"checkpoint '{path}' holds pickled Python objects, not only tensors and plain data "
@@ -79,9 +87,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({exc}); re-create it") from exc
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise CheckpointError(f"checkpoint '{path}' has no 'state_dict'; it is not a model file")
-    return state
 
 
 def first_mismatch(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:

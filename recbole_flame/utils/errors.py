@@ -19,3 +19,7 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing or does not fit the model."""
+
+
+class TrainingDiverged(UserError, ValueError):
+    """The training loss became NaN or infinite."""

@@ -1,4 +1,5 @@
-"""Batch helpers shared by the sequential models: padding trim and dense (all-position) targets."""
+"""Batch helpers shared by the sequential models: padding trim, dense (all-position) targets and
+position ids."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
 TRAIN_MODES = ("prefix", "dense")
+POSITION_ALIGNMENTS = ("start", "end")
 
 
 def trim_batch(interaction: Interaction, length_field: str, list_suffix: str) -> Interaction:
@@ -37,3 +39,20 @@ def dense_targets(
     last = (item_seq_len - 1).unsqueeze(1)
     targets = targets.scatter(1, last, pos_items.unsqueeze(1))
     return targets.masked_fill(~real, 0), real
+
+
+def position_ids(
+    item_seq_len: torch.Tensor, length: int, max_len: int, alignment: str
+) -> torch.Tensor:
+    """Position ids of the ``length`` steps of right-padded sequences (1 x l or B x l).
+
+    ``start`` (RecBole): step t has position t, so a position means "index from the start".
+    ``end`` (the FLAME and SASRec authors' left-padded layout): the last real item of every
+    sequence sits at ``max_len - 1``, so a position means "distance from the end" while the
+    batch itself stays right-padded. Padded steps get ``max_len - 1``; they are masked out.
+    """
+    steps = torch.arange(length, device=item_seq_len.device).unsqueeze(0)
+    if alignment == "start":
+        return steps
+    ids = steps + (max_len - item_seq_len).unsqueeze(1)
+    return ids.clamp(max=max_len - 1)

@@ -1,0 +1,203 @@
+"""Runs to early stopping, from a small spec per experiment; resumable across sittings.
+
+    nice -n 5 python benchmarks/converge.py benchmarks/specs/dense_sasrec_ml100k.yaml
+    python benchmarks/converge.py benchmarks/specs/dense_sasrec_ml100k.yaml --summary
+
+A spec (yaml) names the dataset, the seeds, settings shared by every run (``base``) and the runs
+(label -> model and its own settings), and optionally ``compare: [[A, B], ...]`` for paired
+tests. Each (run, seed) trains to early stopping with RecBole's trainer through
+:func:`recbole_flame.quick_start.run` and writes ``benchmarks/results/<spec>/<label>-seed<k>.json``
+with its command, commit, machine, wall time, learning curve and test result. A finished
+(run, seed) is skipped; one that was stopped resumes from its last validated epoch (its
+``-last.pth`` under ``<spec>/ckpt/``), so a long experiment can span several sittings.
+Seeds go in the outer loop, so a partial experiment still holds complete pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import markdown_table, write_json  # noqa: E402
+
+METRIC_ORDER = ("hit", "recall", "ndcg", "mrr", "auc", "logloss")
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-")
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    spec = yaml.safe_load(Path(path).read_text())
+    spec.setdefault("name", Path(path).stem)
+    spec.setdefault("seeds", [2020])
+    spec.setdefault("base", {})
+    spec.setdefault("compare", [])
+    return spec
+
+
+def provenance() -> dict[str, Any]:
+    """Command, commit and machine of this sitting."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    return {
+        "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "machine": {
+            "host": platform.node(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        },
+    }
+
+
+def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
+    from recbole_flame.quick_start import run
+
+    entry = spec["runs"][label]
+    ckpt = out_dir / "ckpt" / f"{slug(label)}-seed{seed}"
+    config = {
+        **spec["base"],
+        **(entry.get("config") or {}),
+        "seed": seed,
+        "checkpoint_dir": str(ckpt),
+        "show_progress": False,
+    }
+    # "$VAR" in a setting (e.g. the folder of downloaded weights) comes from the environment.
+    config = {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in config.items()}
+    if spec.get("data_path"):
+        config["data_path"] = str((ROOT / spec["data_path"]).resolve())
+    states = sorted(ckpt.glob("*-last.pth"), key=os.path.getmtime)
+    resume = str(states[-1]) if states else None
+    print(f"== {label} seed {seed}" + (f" (resuming {resume})" if resume else ""), flush=True)
+    start = time.perf_counter()
+    result = run(entry["model"], spec["dataset"], config_dict=config, resume=resume)
+    record = {
+        **provenance(),
+        "spec": spec["name"],
+        "label": label,
+        "seed": seed,
+        "config": config,
+        "resumed_from": resume,
+        "sitting_wall_seconds": time.perf_counter() - start,
+        "result": result,
+    }
+    write_json(out_dir / f"{slug(label)}-seed{seed}.json", record)
+    return record
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def summarize(spec: dict, out_dir: Path) -> str:
+    """Markdown: mean ± std per run over the finished seeds, and paired t-tests."""
+    from scipy import stats
+
+    records: dict[str, dict[int, dict]] = {}
+    for label in spec["runs"]:
+        for seed in spec["seeds"]:
+            path = out_dir / f"{slug(label)}-seed{seed}.json"
+            if path.is_file():
+                records.setdefault(label, {})[seed] = json.loads(path.read_text())
+    metrics = spec.get("report") or sorted(
+        {k for runs in records.values() for r in runs.values() for k in r["result"]["test_result"]},
+        key=lambda k: (METRIC_ORDER.index(k.split("@")[0]) if k.split("@")[0] in METRIC_ORDER
+                       else 99, int(k.split("@")[1]) if "@" in k else 0),
+    )
+    headers = ["run", "seeds", *metrics, "best epoch", "epochs run", "s to best", "s total"]
+    rows = []
+    for label, runs in records.items():
+        results = [r["result"] for r in runs.values()]
+        rows.append(
+            [
+                label,
+                len(results),
+                *[mean_std([float(r["test_result"][m]) for r in results]) for m in metrics],
+                mean_std([float(r["best_epoch"]) for r in results]).replace(".0000", ""),
+                mean_std([float(r["epochs_run"]) for r in results]).replace(".0000", ""),
+                mean_std([r["elapsed_seconds_to_best"] for r in results]),
+                mean_std([r["elapsed_seconds"] for r in results]),
+            ]
+        )
+    lines = [f"### {spec['name']}: {spec.get('description', '')}".rstrip(": "), ""]
+    lines.append(markdown_table(headers, rows))
+    for a, b in spec["compare"]:
+        common = sorted(set(records.get(a, {})) & set(records.get(b, {})))
+        if len(common) < 2:
+            lines.append(f"\n{a} vs {b}: {len(common)} paired seed(s), no test")
+            continue
+        for m in spec.get("test_metrics", metrics[-2:]):
+            xa = [float(records[a][s]["result"]["test_result"][m]) for s in common]
+            xb = [float(records[b][s]["result"]["test_result"][m]) for s in common]
+            t = stats.ttest_rel(xa, xb)
+            diff = statistics.mean(x - y for x, y in zip(xa, xb, strict=True))
+            lines.append(
+                f"\n{a} - {b}, test {m}: mean diff {diff:+.4f} over seeds {common}, paired t = "
+                f"{t.statistic:.2f}, p = {t.pvalue:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("spec", help="a yaml spec under benchmarks/specs/")
+    parser.add_argument("--only", nargs="+", help="run only these labels")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: the spec's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--summary", action="store_true", help="print the table and stop")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/<spec name>")
+    args = parser.parse_args()
+    spec = load_spec(args.spec)
+    if args.seeds:
+        spec["seeds"] = [int(s) for s in args.seeds.split(",")]
+    out_dir = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / spec["name"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.summary:
+        for seed in spec["seeds"]:
+            for label in spec["runs"]:
+                if args.only and label not in args.only:
+                    continue
+                if (out_dir / f"{slug(label)}-seed{seed}.json").is_file():
+                    print(f"== {label} seed {seed}: done", flush=True)
+                    continue
+                run_one(spec, label, seed, out_dir)
+    table = summarize(spec, out_dir)
+    (out_dir).mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
