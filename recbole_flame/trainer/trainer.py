@@ -104,7 +104,7 @@ class SafeCheckpointMixin:
         self._best_in_memory: dict[str, Any] | None = None
         self.epoch_train_seconds: list[float] = []
         self.valid_history: list[dict[str, Any]] = []  # one entry per validation
-        self.finished = False  # the run reached early stopping or its epoch budget
+        self.stopped_early = False  # patience ran out: a resumed run has nothing left to train
         self._elapsed_before = 0.0  # wall seconds spent in earlier sittings of a resumed run
         self._pending_rng: dict[str, Any] | None = None
         self._epoch_idx = 0
@@ -192,7 +192,7 @@ class SafeCheckpointMixin:
             "valid_history": plain(self.valid_history),
             "epoch_train_seconds": list(self.epoch_train_seconds),
             "elapsed_seconds": self.elapsed_seconds(),
-            "finished": self.finished,
+            "stopped_early": self.stopped_early,
             "rng": rng_state(getattr(train_data, "generator", None)),
             "extras": plain(self.result_extras()),
         }
@@ -218,7 +218,7 @@ class SafeCheckpointMixin:
         self.valid_history = list(checkpoint["valid_history"])
         self.epoch_train_seconds = list(checkpoint["epoch_train_seconds"])
         self._elapsed_before = float(checkpoint["elapsed_seconds"])
-        self.finished = bool(checkpoint["finished"])
+        self.stopped_early = bool(checkpoint.get("stopped_early", False))
         self._pending_rng = checkpoint["rng"]
         self.restore_extras(checkpoint.get("extras") or {})
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
@@ -227,7 +227,8 @@ class SafeCheckpointMixin:
         then = checkpoint.get("config") or {}
         now = plain_config(self.config)
         for key in sorted(set(then) | set(now)):
-            if key in _RESUME_FREE or then.get(key) == now.get(key):
+            # A key the older run did not record (a setting added since) is not compared.
+            if key in _RESUME_FREE or key not in then or then[key] == now.get(key):
                 continue
             raise ConfigError(
                 f"--resume={path} was written with {key}={then.get(key)!r} but this run has "
@@ -257,7 +258,9 @@ class SafeCheckpointMixin:
         if self._pending_rng is not None:
             set_rng_state(self._pending_rng, getattr(train_data, "generator", None))
             self._pending_rng = None
-        if self.finished:  # a resumed run that had already stopped: nothing left to train
+        if self.stopped_early or (self.start_epoch and self.start_epoch >= self.epochs):
+            # A resumed run with nothing left to train (RecBole's fit would overwrite the best
+            # model file with the current weights here).
             return self.best_valid_score, self.best_valid_result
 
         def after_validation(epoch_idx: int, valid_score: float) -> None:
@@ -294,7 +297,7 @@ class SafeCheckpointMixin:
                 raise
             done = self._persist and os.path.isfile(self.resume_file)
             raise TrainingInterrupted(self.resume_file if done else None) from exc
-        self.finished = True
+        self.stopped_early = self.cur_step > self.stopping_step
         if self._persist and self.valid_history:
             last = self.valid_history[-1]["epoch"] - 1
             atomic_save(self.resume_state(last, train_data), self.resume_file)
