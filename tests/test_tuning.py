@@ -11,6 +11,7 @@ import pytest
 from recbole_flame.tuning.compare import run_comparison
 from recbole_flame.tuning.hyper import HyperFileError, parse_hyper_file
 from recbole_flame.tuning.search import SearchSettings, run_search
+from recbole_flame.utils import ConfigError
 from tests.conftest import TINY, seq_config
 
 
@@ -121,6 +122,35 @@ def test_comparison_writes_table_csv_json_png(data_root, workdir):
         assert (out / name).stat().st_size > 0, name
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| SASRec |" in (out / "comparison.md").read_text()
+    for row in summary["rows"]:  # epochs and time to the best validation epoch
+        assert 1 <= row["best_epoch"] <= 2 and row["seconds_to_best"] > 0
+    assert "epochs to best" in (out / "comparison.md").read_text()
+
+
+def test_comparison_refuses_models_that_see_different_data(data_root, workdir):
+    from recbole_flame.tuning import compare
+
+    real = compare.Config
+
+    def config_for(model, *args, **kwargs):  # as if one model's yaml set its own history
+        config = real(model, *args, **kwargs)
+        if model == "GRU4Rec":
+            config.final_config_dict["history_limit"] = 20
+        return config
+
+    compare.Config = config_for
+    try:
+        with pytest.raises(ConfigError, match="cannot compare SASRec and GRU4Rec.*history_limit"):
+            run_comparison(
+                ["SASRec", "GRU4Rec"],
+                TINY,
+                seeds=[1],
+                overrides=seq_config(data_root, epochs=1),
+                output_dir=str(workdir / "cmp"),
+            )
+    finally:
+        compare.Config = real
+    assert not (workdir / "cmp").exists()  # refused before anything ran
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,43 @@ from typing import Any
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 
+from recbole_flame.config import Config
 from recbole_flame.quick_start import prepare, train_and_test
 from recbole_flame.tuning.search import absolute_paths
 from recbole_flame.utils.checkpoint import plain
+from recbole_flame.utils.errors import ConfigError
+
+# Settings that decide which interactions a model trains and is tested on, and how it is
+# scored: models compared side by side must agree on all of them.
+DATA_KEYS = (
+    "history_limit",
+    "eval_exclude_history",
+    "eval_args",
+    "load_col",
+    "unload_col",
+    "user_inter_num_interval",
+    "item_inter_num_interval",
+    "val_interval",
+    "rm_dup_inter",
+    "threshold",
+    "benchmark_filename",
+    "metrics",
+    "topk",
+    "valid_metric",
+)
+
+
+def check_same_data(configs: dict[str, Config]) -> None:
+    """Stop with one line if two models would see different data or evaluation settings."""
+    (first, base), *others = configs.items()
+    for model, config in others:
+        for key in DATA_KEYS:
+            if plain(config[key]) != plain(base[key]):
+                raise ConfigError(
+                    f"cannot compare {first} and {model}: their data settings differ "
+                    f"({key}: {base[key]!r} vs {config[key]!r}); set {key} for all of them "
+                    "(a config file or --key=value)"
+                )
 
 
 def inference_seconds_per_batch(trainer, test_data, batches: int = 10) -> float:
@@ -49,20 +83,16 @@ def run_comparison(
     """Train and test each model with each seed; write table (md), CSV, JSON and a PNG of the
     validation metric per epoch into ``output_dir``; returns the summary."""
     overrides, config_files = absolute_paths(overrides or {}, config_files)
+    check_same_data(
+        {m: Config(m, dataset, config_files, {**overrides, "seed": seeds[0]}) for m in models}
+    )
     runs = []
     for seed in seeds:
         for model in models:
             config, net, trainer, data = prepare(
                 model, dataset, config_files, {**overrides, "seed": seed}
             )
-            curve: list[tuple[int, float]] = []
-            result = train_and_test(
-                config,
-                trainer,
-                data,
-                saved=True,
-                callback_fn=lambda e, s, curve=curve: curve.append((e + 1, s)),
-            )
+            result = train_and_test(config, trainer, data, saved=True)
             runs.append(
                 {
                     "model": config["model"],
@@ -75,7 +105,9 @@ def run_comparison(
                     else float("nan"),
                     "inference_seconds_per_batch": inference_seconds_per_batch(trainer, data[2]),
                     "parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
-                    "curve": curve,
+                    "curve": [(h["epoch"], h["valid_score"]) for h in result["valid_history"]],
+                    "best_epoch": result["best_epoch"],
+                    "seconds_to_best": result["elapsed_seconds_to_best"],
                 }
             )
     summary = summarize(runs)
@@ -110,6 +142,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 row[metric]["p_vs_first"] = None if p != p else float(p)  # NaN: identical runs
         for key in ("epoch_seconds", "inference_seconds_per_batch"):
             row[key] = statistics.median(r[key] for r in mine)
+        for key in ("best_epoch", "seconds_to_best"):
+            row[key] = statistics.fmean(r[key] for r in mine if r[key] is not None)
         row["parameters"] = mine[0]["parameters"]
         rows.append(row)
     return {"models": models, "metrics": metrics, "rows": rows, "runs": plain(runs)}
@@ -117,7 +151,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any]) -> str:
     metrics = summary["metrics"]
-    head = ["model", *metrics, "train s/epoch", "inference s/batch", "parameters"]
+    head = [
+        "model",
+        *metrics,
+        "epochs to best",
+        "time to best (s)",
+        "train s/epoch",
+        "inference s/batch",
+        "parameters",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary["rows"]:
         cells = [row["model"]]
@@ -130,13 +172,18 @@ def markdown(summary: dict[str, Any]) -> str:
                 text += f" (p={cell['p_vs_first']:.3f})"
             cells.append(text)
         cells += [
+            f"{row['best_epoch']:.1f}",
+            f"{row['seconds_to_best']:.0f}",
             f"{row['epoch_seconds']:.1f}",
             f"{row['inference_seconds_per_batch']:.4f}",
             f"{row['parameters']:,}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = summary["rows"][0]["seeds"]
-    note = f"\nTest metrics of the best-validation model; seeds {seeds}"
+    note = (
+        f"\nTest metrics of the best-validation model; epochs and wall time (training and "
+        f"validation) until the best validation epoch; seeds {seeds}"
+    )
     if len(seeds) > 1:
         note += "; mean ± std, p: paired t-test against the first model"
     return "\n".join(lines) + note + "."
@@ -159,13 +206,16 @@ def write_outputs(summary: dict[str, Any], folder: Path) -> None:
             metrics = summary["metrics"]
             writer.writerow(
                 ["model", *[f"{m}_{s}" for m in metrics for s in ("mean", "std", "p_vs_first")]]
-                + ["train_s_per_epoch", "inference_s_per_batch", "parameters"]
+                + ["best_epoch", "seconds_to_best", "train_s_per_epoch"]
+                + ["inference_s_per_batch", "parameters"]
             )
             for row in summary["rows"]:
                 cells = [row["model"]]
                 for m in metrics:
                     cells += [row[m]["mean"], row[m]["std"], row[m]["p_vs_first"]]
                 cells += [
+                    row["best_epoch"],
+                    row["seconds_to_best"],
                     row["epoch_seconds"],
                     row["inference_seconds_per_batch"],
                     row["parameters"],
