@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -206,18 +207,38 @@ def test_flame_end_alignment_dense_is_exact_only_at_the_last_step(flame_setup):
             assert same == (t == 4), t
 
 
-def test_grouped_info_nce_single_group_is_plain():
-    a, b = torch.randn(6, 4), torch.randn(6, 4)
-    groups = [torch.arange(6)]
-    assert flame_module.grouped_info_nce(a, b, 1.0, False, groups) == flame_module.info_nce(
-        a, b, 1.0, False
+def _grouped_info_nce(a, b, tau, normalize, groups):
+    """Reference: :func:`info_nce` per group, weighted by the group's size."""
+    total = sum(flame_module.info_nce(a[g], b[g], tau, normalize) * len(g) for g in groups)
+    return total / a.size(0)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("sizes", [[10], [4, 4, 2], [3, 3, 3, 1]])
+def test_all_pairs_info_nce_equals_info_nce_per_pair_and_group(normalize, sizes):
+    torch.manual_seed(0)
+    n = sum(sizes)
+    views = [(3 * torch.randn(n, 8)).requires_grad_() for _ in range(4)]
+    groups = list(torch.randperm(n).split(sizes))
+    got = flame_module.all_pairs_info_nce(views, 0.7, normalize, groups)
+    expected = torch.stack(
+        [
+            _grouped_info_nce(a, b, 0.7, normalize, groups)
+            for a, b in itertools.combinations(views, 2)
+        ]
     )
-    halves = [torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])]
-    by_hand = (
-        flame_module.info_nce(a[halves[0]], b[halves[0]], 1.0, False)
-        + flame_module.info_nce(a[halves[1]], b[halves[1]], 1.0, False)
-    ) / 2
-    assert torch.allclose(flame_module.grouped_info_nce(a, b, 1.0, False, halves), by_hand)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.rand(6)
+    grads = torch.autograd.grad((weights * got).sum(), views)
+    expected_grads = torch.autograd.grad((weights * expected).sum(), views)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_all_pairs_info_nce_one_group_is_plain_info_nce():
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    got = flame_module.all_pairs_info_nce([a, b], 1.0, False, [torch.arange(6)])
+    torch.testing.assert_close(got[0], flame_module.info_nce(a, b, 1.0, False))
 
 
 @pytest.mark.parametrize(

@@ -213,3 +213,23 @@ def test_exclude_history_ranks_the_input_items_out(data_root, workdir):
     trainer.config.final_config_dict["eval_exclude_history"] = False
     _, plain_scores, _, _ = trainer._full_sort_batch_eval(batch)
     assert torch.isfinite(plain_scores[0, seq[0][seq[0] > 0]]).all()
+
+
+# --- dropout --------------------------------------------------------------------------------
+def test_fast_dropout_has_dropouts_distribution():
+    from torch import nn
+
+    from recbole_flame.model.layers.dropout import FastDropout, use_fast_dropout
+
+    torch.manual_seed(0)
+    x = torch.rand(400, 500) + 0.5
+    for p in (0.2, 0.5):
+        out = FastDropout(p)(x)
+        kept = out != 0
+        assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+        torch.testing.assert_close(out[kept], x[kept] / (1 - p))
+        assert abs(out.mean().item() - x.mean().item()) < 0.01  # unbiased, as nn.Dropout
+    assert torch.equal(FastDropout(0.5).eval()(x), x)
+    net = use_fast_dropout(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.3), nn.Sequential(nn.Dropout(0.1))))
+    assert [type(m).__name__ for m in net.modules()].count("FastDropout") == 2
+    assert net[1].p == 0.3 and net[2][0].p == 0.1

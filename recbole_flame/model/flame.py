@@ -63,14 +63,44 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float, normalize: bool) -> t
     return F.cross_entropy(logits, labels)
 
 
-def grouped_info_nce(
-    a: torch.Tensor, b: torch.Tensor, tau: float, normalize: bool, groups: list[torch.Tensor]
+def all_pairs_info_nce(
+    views: list[torch.Tensor], tau: float, normalize: bool, groups: list[torch.Tensor]
 ) -> torch.Tensor:
-    """:func:`info_nce` within each group of row indices, averaged over all rows."""
-    if len(groups) == 1:
-        return info_nce(a, b, tau, normalize)
-    total = sum(info_nce(a[g], b[g], tau, normalize) * len(g) for g in groups)
-    return total / a.size(0)
+    """:func:`info_nce` of every unordered pair of ``views`` (in ``itertools.combinations``
+    order), each within the groups of row indices and averaged over all rows.
+
+    The same values as calling :func:`info_nce` per pair and group, computed from one Gram
+    matrix of all views per group (``(P m)^2`` dot products instead of ``P(P-1)/2 * (2m)^2``)
+    and block-wise log-sum-exps, with the groups of equal size batched into one ``bmm``.
+    """
+    n_views = len(views)
+    z = torch.stack(views)  # P x n x d
+    if normalize:
+        z = F.normalize(z, dim=-1)
+    pairs = list(itertools.combinations(range(n_views), 2))
+    total = z.new_zeros(len(pairs))
+    by_size: dict[int, list[torch.Tensor]] = {}
+    for g in groups:
+        by_size.setdefault(len(g), []).append(g)
+    for m, same in by_size.items():
+        idx = torch.stack(same)  # G x m
+        zg = z[:, idx].permute(1, 0, 2, 3).reshape(len(same), n_views * m, -1)  # G x Pm x d
+        sim = torch.bmm(zg, zg.transpose(1, 2)) / tau  # G x Pm x Pm
+        eye = torch.eye(n_views * m, dtype=torch.bool, device=z.device)
+        sim = sim.masked_fill(eye, -1e4)  # a row is never its own negative (as info_nce)
+        blocks = sim.view(len(same), n_views, m, n_views, m)  # G, p, i, q, j
+        peak = blocks.amax(dim=-1)  # G, p, i, q: each row's max within each block
+        mass = torch.exp(blocks - peak.unsqueeze(-1)).sum(dim=-1)  # G, p, i, q
+        for k, (a, b) in enumerate(pairs):
+            for row, other in ((a, b), (b, a)):
+                top = torch.maximum(peak[:, row, :, row], peak[:, row, :, other])
+                lse = top + torch.log(
+                    mass[:, row, :, row] * torch.exp(peak[:, row, :, row] - top)
+                    + mass[:, row, :, other] * torch.exp(peak[:, row, :, other] - top)
+                )
+                positive = blocks[:, row, :, other].diagonal(dim1=-2, dim2=-1)
+                total[k] = total[k] + (lse - positive).sum()
+    return total / (2 * z.size(1))
 
 
 def pair_weights(pairs: list[tuple[torch.Tensor, torch.Tensor]], detach: bool) -> torch.Tensor:
@@ -307,11 +337,9 @@ class FLAME(SequentialRecommender):
             groups = list(torch.randperm(n, device=item_seq.device).split(self.cl_group_size))
         else:
             groups = [torch.arange(n, device=item_seq.device)]
-        pairs = list(itertools.combinations(outputs.values(), 2))
-        weights = pair_weights(pairs, self.detach_pair_weights)
-        losses = torch.stack(
-            [grouped_info_nce(a, b, self.tau, self.cl_normalize, groups) for a, b in pairs]
-        )
+        views = list(outputs.values())
+        weights = pair_weights(list(itertools.combinations(views, 2)), self.detach_pair_weights)
+        losses = all_pairs_info_nce(views, self.tau, self.cl_normalize, groups)
         return (weights * losses).sum()
 
     @contextlib.contextmanager

@@ -1,0 +1,34 @@
+"""Dropout with a cheaper mask on CPU.
+
+PyTorch's CPU dropout draws its mask with ``bernoulli_``, which measured ~2.5x slower than
+drawing uniforms and comparing (FLAME's steps spent 14% of their time there). The mask has the
+same distribution either way (each element kept with probability 1 - p, kept ones scaled by
+1 / (1 - p)); only the random stream differs. On other devices ``F.dropout`` is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` (no parameters, same state dict) with a uniform-threshold mask on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return F.dropout(x, self.p, self.training, self.inplace)
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        keep = torch.rand_like(x) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
+def use_fast_dropout(module: nn.Module) -> nn.Module:
+    """Replace every plain ``nn.Dropout`` inside ``module`` by :class:`FastDropout`."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, child.inplace))
+    return module
