@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,11 +17,14 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
+from recbole_flame.config.checks import check_config_values, check_user_keys
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.paths import properties_dir
 from recbole_flame.utils.registry import canonical_model_name, get_model
 
 _NONE_WORDS = {"none", "null", "~"}
+# Several of RecBole's intervals joined by ';' ("[5,inf);(0,2]"): yaml would read a list.
+_INTERVALS = re.compile(r"^[\[(][^;\[\]()]*[\])](\s*;\s*[\[(][^;\[\]()]*[\])])+$")
 # Made absolute at config time, so a run that changes directory (a Ray trial) still finds them.
 PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
 
@@ -39,7 +43,7 @@ def parse_value(text: str) -> Any:
         return ast.literal_eval(stripped)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         pass
-    if stripped[:1] in "[{":
+    if stripped[:1] in "[{" and not _INTERVALS.match(stripped):
         try:
             return yaml.safe_load(stripped)
         except yaml.YAMLError:
@@ -97,8 +101,19 @@ class Config(RecBoleConfig):
                 raise ConfigError(f"config file '{file}' does not exist; check the path")
             try:
                 with open(file, encoding="utf-8") as f:
-                    loaded = yaml.load(f.read(), Loader=self.yaml_loader)
-            except yaml.YAMLError as exc:
+                    content = f.read()
+            except UnicodeDecodeError as exc:
+                raise ConfigError(
+                    f"config file '{file}' is not a text file (not UTF-8); expected a yaml "
+                    "file of key: value lines"
+                ) from exc
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise ConfigError(f"config file '{file}' cannot be read: {reason}") from exc
+            try:
+                loaded = yaml.load(content, Loader=self.yaml_loader)
+            # yaml's constructors raise ValueError too (an int past Python's digit limit).
+            except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ConfigError(f"config file '{file}' is not valid yaml: {first}") from exc
             if loaded is None:
@@ -166,6 +181,10 @@ class Config(RecBoleConfig):
         return key in getattr(self, "_our_yaml_keys", set())
 
     def _set_default_parameters(self):
+        # RecBole's post-processing (super) raises bare exceptions on some bad values and lets
+        # the others through to fail after the data loads: check every value here first.
+        check_user_keys(self.external_config_dict, extra_known=self.internal_config_dict)
+        check_config_values(self.final_config_dict, self.model, self.model_class)
         super()._set_default_parameters()
         for key in PATH_KEYS:
             value = self.final_config_dict.get(key)
