@@ -8,6 +8,8 @@ files, ``config_dict``, command-line ``--key=value`` arguments.
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -64,6 +66,15 @@ def parse_cmd_args(args: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"argument '{arg}' has an empty key (write e.g. --epochs=5)")
         parsed[key] = parse_value(value)
     return parsed
+
+
+@functools.lru_cache(maxsize=256)
+def _read_defaults(path: str, mtime_ns: int, size: int, loader: type) -> dict[str, Any] | None:
+    """A shipped defaults yaml, parsed once per version of the file: parsing RecBole's yaml
+    files is nearly all the time a Config takes, and tuning, comparisons and tests build many.
+    """
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f.read(), Loader=loader)
 
 
 class Config(RecBoleConfig):
@@ -161,7 +172,15 @@ class Config(RecBoleConfig):
     def _update_internal_config_dict(self, file, must_exist: bool = True):
         if not must_exist and not os.path.isfile(file):
             return None
-        return super()._update_internal_config_dict(file)
+        stat = os.stat(file)
+        loaded = _read_defaults(
+            os.path.realpath(file), stat.st_mtime_ns, stat.st_size, self.yaml_loader
+        )
+        if loaded is None:
+            return None
+        # Copies: RecBole fills defaults into nested dicts (train_neg_sample_args) in place.
+        self.internal_config_dict.update(copy.deepcopy(loaded))
+        return copy.deepcopy(loaded)
 
     def _get_final_config_dict(self):
         final = super()._get_final_config_dict()
