@@ -37,8 +37,8 @@ class Rule:
     """What one key may hold.
 
     ``kind`` names the family of values (``int``, ``number``, ``bool``, ``choice``, ``text``,
-    ``int_list``, ``structured``, ``fixed``) and ``lo``/``hi``/``choices`` its range, so tests
-    can derive bad values; ``allowed`` is the phrase the error line uses; ``ok`` says whether a
+    ``int_list``, ``structured``, ``fixed``) and ``lo``/``hi``/``choices``/``none`` its range,
+    so tests can derive bad values; ``allowed`` is the phrase the error line uses; ``ok`` says whether a
     value is allowed; ``explain``, for structured values, says what is wrong (a whole message)
     or None; ``models`` limits the rule to those models (None: any model whose settings hold
     the key).
@@ -52,6 +52,7 @@ class Rule:
     choices: tuple[Any, ...] = ()
     lo: float | None = None
     hi: float | None = None
+    none: bool = False  # whether ~ (None) is allowed
 
     def problem(self, key: str, value: Any) -> str | None:
         """The one-line error for ``value`` under ``key``, or None if it is allowed."""
@@ -109,6 +110,7 @@ def integer(
         models=_models(models),
         lo=lo,
         hi=hi,
+        none=none,
     )
 
 
@@ -159,7 +161,7 @@ def one_of(
             return False
         return (v.lower() if ignore_case else v) in folded
 
-    return Rule("choice", allowed, ok, models=_models(models), choices=choices)
+    return Rule("choice", allowed, ok, models=_models(models), choices=choices, none=none)
 
 
 def text(none: bool = False, models: Iterable[str] | None = None) -> Rule:
@@ -169,6 +171,7 @@ def text(none: bool = False, models: Iterable[str] | None = None) -> Rule:
         allowed,
         lambda v: (none and v is None) or (isinstance(v, str) and v.strip() != ""),
         models=_models(models),
+        none=none,
     )
 
 
@@ -232,7 +235,8 @@ def _display_metric(name: str) -> str:
     return metrics_dict[name].__name__
 
 
-_GPU_ID = re.compile(r"^\s*(\d+\s*(,\s*\d+\s*)*)?$")
+# re.ASCII: \d would otherwise take any script's digits ("０"), which CUDA does not read.
+_GPU_ID = re.compile(r"^\s*(\d+\s*(,\s*\d+\s*)*)?$", re.ASCII)
 
 
 def _explain_gpu_id(key: str, value: Any) -> str | None:
@@ -256,7 +260,7 @@ def _explain_device(key: str, value: Any) -> str | None:
 
 _EVAL_ARGS_KEYS = ("split", "group_by", "order", "mode")
 _LS_MODES = ("valid_and_test", "valid_only", "test_only")
-_EVAL_MODE = re.compile(r"^(full|labeled|(uni|pop)[1-9]\d*)$")
+_EVAL_MODE = re.compile(r"^(full|labeled|(uni|pop)[1-9]\d*)$", re.ASCII)
 
 
 def _explain_eval_args(key: str, value: Any) -> str | None:
@@ -383,7 +387,7 @@ def _explain_clip_grad_norm(key: str, value: Any) -> str | None:
 
 
 _BOUND = r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*|\s*[-+]?inf\s*"
-_INTERVAL = re.compile(rf"^\s*[\[(]({_BOUND}),({_BOUND})[\])]\s*$")
+_INTERVAL = re.compile(rf"^\s*[\[(]({_BOUND}),({_BOUND})[\])]\s*$", re.ASCII)
 
 
 def _explain_interval(key: str, value: Any) -> str | None:
@@ -405,13 +409,19 @@ def _explain_interval(key: str, value: Any) -> str | None:
 def _explain_load_col(key: str, value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, dict) and all(
-        isinstance(cols, list) and all(isinstance(c, str) for c in cols) for cols in value.values()
+    # A file missing from the dict loads no column; '*' loads them all.
+    if (
+        isinstance(value, dict)
+        and "inter" in value
+        and all(
+            cols == "*" or (isinstance(cols, list) and all(isinstance(c, str) for c in cols))
+            for cols in value.values()
+        )
     ):
         return None
     return (
-        f"{key} must be ~ (all columns) or a dict of file suffix -> column list such as "
-        f"{{inter: [user_id, item_id, timestamp]}}, not {show(value)}"
+        f"{key} must be ~ (all columns) or a dict of file suffix -> column list (or '*') with "
+        f"an inter entry, such as {{inter: [user_id, item_id, timestamp]}}, not {show(value)}"
     )
 
 
