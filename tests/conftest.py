@@ -104,3 +104,29 @@ def prepare_in(folder: Path, model: str, config_dict: dict):
         return prepare(model, TINY, config_dict=config_dict)
     finally:
         os.chdir(cwd)
+
+
+class DataStageReached(Exception):
+    """Raised where a run would check for its data: the config stage let the input through."""
+
+
+@pytest.fixture
+def cli_config_stage(workdir, monkeypatch, capsys):
+    """``run(*argv) -> (exit code, non-blank stderr lines)``: the CLI's ``main`` in-process,
+    stopped with :class:`DataStageReached` where a run would start on its data."""
+    import recbole_flame.quick_start.quick_start as quick_start
+    from recbole_flame.cli import main
+
+    def reached(config):
+        raise DataStageReached(f"{config['model']}: the config stage accepted the input")
+
+    monkeypatch.setattr(quick_start, "check_dataset_on_disk", reached)
+    # RecBole's Config writes CUDA_VISIBLE_DEVICES; give it back after the test.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    def run(*argv: str) -> tuple[int, list[str]]:
+        code = main(list(argv))
+        err = capsys.readouterr().err
+        return code, [line for line in err.splitlines() if line.strip()]
+
+    return run

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import zipfile
 
 import pytest
 import torch
@@ -56,6 +58,37 @@ def test_pickled_checkpoint_is_refused(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pth")
+
+
+def _not_checkpoints(folder):
+    """Files that exist but are not this package's checkpoints, by name."""
+    good = folder / "good.pth"
+    atomic_save({"state_dict": {"w": torch.ones(64)}}, good)
+    data = good.read_bytes()
+    files = {
+        "text.pth": b"root:x:0:0:root:/root:/bin/bash\n" * 5,
+        "empty.pth": b"",
+        "truncated.pth": data[: len(data) // 2],
+        "random.pth": bytes(range(256)) * 8,
+        "plain_pickle.pth": pickle.dumps({"state_dict": {"w": [1.0]}}, protocol=4),
+    }
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    with zipfile.ZipFile(folder / "zip.pth", "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+    torch.save([torch.ones(2)], folder / "list.pth")
+    torch.save({"state_dict": 5}, folder / "bad_state_dict.pth")
+    torch.save({"state_dict": {"w": "not a tensor"}}, folder / "str_weights.pth")
+    return sorted(p for p in folder.iterdir() if p.name != "good.pth")
+
+
+def test_files_that_are_not_checkpoints_are_one_line_naming_them(tmp_path):
+    for path in _not_checkpoints(tmp_path):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert str(path) in message and "\n" not in message, message
+        assert "recbole_flame" in message and "state_dict" in message, message
 
 
 def test_unsaved_run_tests_the_best_validation_weights(data_root, workdir):

@@ -248,7 +248,11 @@ def test_all_pairs_info_nce_one_group_is_plain_info_nce():
         ("GRU4Rec", {"train_mode": "dense"}, "not available for GRU4Rec"),
         (
             "SASRec",
-            {"train_mode": "dense", "loss_type": "BPR", "train_neg_sample_args": {"uniform": 1}},
+            {
+                "train_mode": "dense",
+                "loss_type": "BPR",
+                "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
+            },
             "needs loss_type: CE",
         ),
     ],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recbole_flame.tuning.compare import run_comparison
-from recbole_flame.tuning.hyper import HyperFileError, parse_hyper_file
+from recbole_flame.tuning.hyper import HyperFileError, check_search_space, parse_hyper_file
 from recbole_flame.tuning.search import SearchSettings, run_search
 from recbole_flame.utils import ConfigError
 from tests.conftest import TINY, seq_config
@@ -51,6 +51,7 @@ def test_hyper_file_all_kinds(tmp_path):
         ("tau", "name kind values"),
         ("n_layers choice 3", "non-empty list"),
         ("inner_size quniform 64,512,0", "positive step"),
+        ("inner_size quniform 60,512,64", "multiples of q"),
         ("lr loguniform a,b", "numbers"),
     ],
 )
@@ -59,6 +60,64 @@ def test_malformed_line_names_file_and_line(tmp_path, line, problem):
     with pytest.raises(HyperFileError) as info:
         parse_hyper_file(path)
     assert f"{path}:2" in str(info.value) and problem in str(info.value)
+
+
+def test_integral_quniform_draws_integers(tmp_path):
+    path = _write(tmp_path, "inner_size quniform 64,512,64\nratio quniform 0.2,0.8,0.2\n")
+    params = {p.name: p for p in parse_hyper_file(path)}
+    drawn = [params["inner_size"].to_tune().sample() for _ in range(20)]
+    assert all(type(v) is int and 64 <= v <= 512 and v % 64 == 0 for v in drawn), drawn
+    assert isinstance(params["ratio"].to_tune().sample(), float)
+
+
+@pytest.mark.parametrize(
+    ("model", "line", "words"),
+    [
+        ("SASRec", "learning_rate choice [0.01,-1]", ["learning_rate", "-1", "positive"]),
+        ("SASRec", "n_layers uniform 1,3", ["n_layers", "1.0", "integer"]),
+        ("SASRec", "metrics choice [[Recall], [Foo]]", ["metrics", "'Foo'"]),
+        ("FLAME", "path_mixing choice ['tiled','mixed']", ["path_mixing", "'mixed'"]),
+        ("CETNet", "entropy_eps uniform 0.1,0.7", ["entropy_eps", "0.7"]),
+    ],
+)
+def test_search_space_values_are_checked_before_trials(tmp_path, model, line, words):
+    path = _write(tmp_path, f"{line}\n")
+    with pytest.raises(HyperFileError) as info:
+        check_search_space(parse_hyper_file(path), model, path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_valid_search_spaces_pass_the_checks(tmp_path):
+    path = _write(
+        tmp_path,
+        "learning_rate loguniform -8,0\ninner_size quniform 64,512,64\n"
+        "hidden_dropout_prob uniform 0.0,0.5\ntau uniform 0.1,2.0\n",
+    )
+    check_search_space(parse_hyper_file(path), "SASRec", path)  # tau: not SASRec's key
+    check_search_space(parse_hyper_file(path), "FLAME", path)
+    for shipped in sorted((Path(__file__).resolve().parent.parent / "hyper").glob("*.hyper")):
+        check_search_space(parse_hyper_file(shipped), shipped.stem, shipped)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x80\x04\x95binary\xff\xfe", "not a text file"),
+        (b"tau uniform -inf,inf\n", "finite"),
+        (b"root:x:0:0:root:/root:/bin/bash\n", "name kind values"),
+        (b"learning_rate loguniform -8", "lo,hi"),
+    ],
+)
+def test_hyper_file_that_is_not_one_is_one_line(tmp_path, content, problem):
+    path = tmp_path / "h.hyper"
+    path.write_bytes(content)
+    with pytest.raises(HyperFileError) as info:
+        parse_hyper_file(path)
+    assert str(path) in str(info.value) and problem in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_hyper_values_are_never_evaluated(tmp_path):

@@ -8,7 +8,10 @@ files, ``config_dict``, command-line ``--key=value`` arguments.
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,11 +19,14 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
+from recbole_flame.config.checks import check_config_values, check_user_keys
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.paths import properties_dir
 from recbole_flame.utils.registry import canonical_model_name, get_model
 
 _NONE_WORDS = {"none", "null", "~"}
+# Several of RecBole's intervals joined by ';' ("[5,inf);(0,2]"): yaml would read a list.
+_INTERVALS = re.compile(r"^[\[(][^;\[\]()]*[\])](\s*;\s*[\[(][^;\[\]()]*[\])])+$")
 # Made absolute at config time, so a run that changes directory (a Ray trial) still finds them.
 PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
 
@@ -39,7 +45,7 @@ def parse_value(text: str) -> Any:
         return ast.literal_eval(stripped)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         pass
-    if stripped[:1] in "[{":
+    if stripped[:1] in "[{" and not _INTERVALS.match(stripped):
         try:
             return yaml.safe_load(stripped)
         except yaml.YAMLError:
@@ -60,6 +66,15 @@ def parse_cmd_args(args: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"argument '{arg}' has an empty key (write e.g. --epochs=5)")
         parsed[key] = parse_value(value)
     return parsed
+
+
+@functools.lru_cache(maxsize=256)
+def _read_defaults(path: str, mtime_ns: int, size: int, loader: type) -> dict[str, Any] | None:
+    """A shipped defaults yaml, parsed once per version of the file: parsing RecBole's yaml
+    files is nearly all the time a Config takes, and tuning, comparisons and tests build many.
+    """
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f.read(), Loader=loader)
 
 
 class Config(RecBoleConfig):
@@ -97,8 +112,19 @@ class Config(RecBoleConfig):
                 raise ConfigError(f"config file '{file}' does not exist; check the path")
             try:
                 with open(file, encoding="utf-8") as f:
-                    loaded = yaml.load(f.read(), Loader=self.yaml_loader)
-            except yaml.YAMLError as exc:
+                    content = f.read()
+            except UnicodeDecodeError as exc:
+                raise ConfigError(
+                    f"config file '{file}' is not a text file (not UTF-8); expected a yaml "
+                    "file of key: value lines"
+                ) from exc
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise ConfigError(f"config file '{file}' cannot be read: {reason}") from exc
+            try:
+                loaded = yaml.load(content, Loader=self.yaml_loader)
+            # yaml's constructors raise ValueError too (an int past Python's digit limit).
+            except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ConfigError(f"config file '{file}' is not valid yaml: {first}") from exc
             if loaded is None:
@@ -146,7 +172,15 @@ class Config(RecBoleConfig):
     def _update_internal_config_dict(self, file, must_exist: bool = True):
         if not must_exist and not os.path.isfile(file):
             return None
-        return super()._update_internal_config_dict(file)
+        stat = os.stat(file)
+        loaded = _read_defaults(
+            os.path.realpath(file), stat.st_mtime_ns, stat.st_size, self.yaml_loader
+        )
+        if loaded is None:
+            return None
+        # Copies: RecBole fills defaults into nested dicts (train_neg_sample_args) in place.
+        self.internal_config_dict.update(copy.deepcopy(loaded))
+        return copy.deepcopy(loaded)
 
     def _get_final_config_dict(self):
         final = super()._get_final_config_dict()
@@ -170,6 +204,10 @@ class Config(RecBoleConfig):
         return key in getattr(self, "_our_yaml_keys", set())
 
     def _set_default_parameters(self):
+        # RecBole's post-processing (super) raises bare exceptions on some bad values and lets
+        # the others through to fail after the data loads: check every value here first.
+        check_user_keys(self.external_config_dict, extra_known=self.internal_config_dict)
+        check_config_values(self.final_config_dict, self.model, self.model_class)
         super()._set_default_parameters()
         for key in PATH_KEYS:
             value = self.final_config_dict.get(key)

@@ -141,7 +141,7 @@ def check_frozen_checkpoint(config, path: str, n_items: int | None = None, id_to
         state_dict = checkpoint["state_dict"]
     if n_items is None:
         emb = state_dict.get("item_embedding.weight")
-        n_items = emb.shape[0] if emb is not None else 1
+        n_items = emb.shape[0] if emb is not None and emb.dim() == 2 else 1
     shaped = RecBoleSASRec(config, _ItemCount(config["ITEM_ID_FIELD"], n_items))
     problem = first_mismatch(shaped, state_dict)
     if problem is not None:

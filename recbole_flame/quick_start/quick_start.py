@@ -15,7 +15,7 @@ from recbole.utils import init_logger, init_seed
 
 from recbole_flame.config import Config
 from recbole_flame.data import apply_history_limit, dense_train_dataloader
-from recbole_flame.model.layers.sequence import POSITION_ALIGNMENTS, TRAIN_MODES
+from recbole_flame.model.layers.sequence import TRAIN_MODES
 from recbole_flame.utils.errors import ConfigError, DatasetNotFoundError
 from recbole_flame.utils.registry import available_models, get_model, get_trainer
 
@@ -62,18 +62,6 @@ def check_train_mode(config: Config) -> None:
         raise ConfigError(f"{name}: {problem}")
 
 
-def check_data_layout(config: Config) -> None:
-    """Stop with one line on a ``position_alignment`` or ``history_limit`` out of range."""
-    alignment = config["position_alignment"]
-    if alignment not in POSITION_ALIGNMENTS:
-        raise ConfigError(
-            f"position_alignment must be one of {', '.join(POSITION_ALIGNMENTS)}, not {alignment!r}"
-        )
-    limit = config["history_limit"]
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"history_limit must be an integer >= 1 or ~ (no limit), not {limit!r}")
-
-
 def reset_logging(config: Config) -> None:
     """RecBole's ``init_logger`` uses ``logging.basicConfig``, which does nothing once the root
     logger has handlers; drop ours so each run logs to its own file."""
@@ -106,7 +94,6 @@ def prepare(
     if check is not None:
         check(config)  # model-specific bad input stops here, before any data is loaded
     check_train_mode(config)
-    check_data_layout(config)
     check_dataset_on_disk(config)
     init_seed(config["seed"], config["reproducibility"])
     reset_logging(config)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recbole_flame.config.checks import check_value, show
 from recbole_flame.config.configurator import parse_value
-from recbole_flame.utils.errors import UserError
+from recbole_flame.utils.errors import ConfigError, UserError
 
 KINDS = ("choice", "uniform", "loguniform", "quniform")
 
@@ -43,8 +44,26 @@ class HyperParam:
         if self.kind == "loguniform":
             lo, hi = self.values
             return tune.loguniform(math.exp(lo), math.exp(hi))
+        if self.integral():
+            # Tune's quniform draws floats (64.0), which integer keys such as inner_size refuse.
+            return tune.qrandint(*(int(v) for v in self.values))
         lo, hi, q = self.values
         return tune.quniform(lo, hi, q)
+
+    def integral(self) -> bool:
+        """A quniform whose bounds and step are whole numbers: it draws integers."""
+        return self.kind == "quniform" and all(float(v).is_integer() for v in self.values)
+
+    def extremes(self) -> tuple:
+        """Values the search can draw that bound the rest: every choice, or both ends."""
+        if self.kind == "choice":
+            return self.values
+        lo, hi = self.values[:2]
+        if self.kind == "loguniform":
+            return (math.exp(lo), math.exp(hi))
+        if self.integral():
+            return (int(lo), int(hi))
+        return (lo, hi)
 
 
 def _numbers(text: str, count: int, where: str, kind: str) -> tuple[float, ...]:
@@ -56,10 +75,19 @@ def _numbers(text: str, count: int, where: str, kind: str) -> tuple[float, ...]:
         values = tuple(float(p) for p in parts)
     except ValueError as exc:
         raise HyperFileError(f"{where}: '{kind}' needs numbers {shape}, got '{text}'") from exc
+    if not all(math.isfinite(v) for v in values):
+        raise HyperFileError(f"{where}: '{kind}' needs finite numbers {shape}, got '{text}'")
     if not values[0] < values[1]:
         raise HyperFileError(f"{where}: '{kind}' needs lo < hi, got '{text}'")
     if count == 3 and values[2] <= 0:
         raise HyperFileError(f"{where}: 'quniform' needs a positive step q, got '{text}'")
+    # Ray refuses (with a traceback, when the search starts) bounds that are not multiples of q.
+    if count == 3 and not all(
+        math.isclose(v / values[2], round(v / values[2])) for v in values[:2]
+    ):
+        raise HyperFileError(
+            f"{where}: 'quniform' needs lo and hi that are multiples of q, got '{text}'"
+        )
     return values
 
 
@@ -91,7 +119,18 @@ def parse_hyper_file(path: str | Path) -> list[HyperParam]:
         raise HyperFileError(f"hyper file '{path}' does not exist; check the path")
     params: list[HyperParam] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise HyperFileError(
+            f"hyper file '{path}' is not a text file (not UTF-8); expected lines of "
+            "'name kind values' such as 'learning_rate loguniform -8,0'"
+        ) from exc
+    except OSError as exc:
+        raise HyperFileError(
+            f"hyper file '{path}' cannot be read: {exc.strerror or type(exc).__name__}"
+        ) from exc
+    for number, line in enumerate(content.splitlines(), start=1):
         where = f"{path}:{number}"
         param = parse_line(line, where)
         if param is None:
@@ -107,3 +146,17 @@ def parse_hyper_file(path: str | Path) -> list[HyperParam]:
 
 def search_space(params: list[HyperParam]) -> dict[str, Any]:
     return {p.name: p.to_tune() for p in params}
+
+
+def check_search_space(params: list[HyperParam], model: str, path: str | Path) -> None:
+    """Stop with one line, before any trial starts, when the search can draw a value that the
+    config checks refuse for ``model`` (each trial would otherwise fail on its own)."""
+    for param in params:
+        for value in param.extremes():
+            try:
+                check_value(param.name, value, model)
+            except ConfigError as exc:
+                raise HyperFileError(
+                    f"hyper file '{path}': {param.name} {param.kind} can draw {show(value)}, "
+                    f"but {exc}"
+                ) from exc

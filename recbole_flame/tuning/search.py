@@ -21,7 +21,7 @@ import torch
 from recbole_flame.config import Config, parse_cmd_args
 from recbole_flame.config.configurator import PATH_KEYS
 from recbole_flame.quick_start import check_dataset_on_disk, prepare
-from recbole_flame.tuning.hyper import parse_hyper_file, search_space
+from recbole_flame.tuning.hyper import check_search_space, parse_hyper_file, search_space
 from recbole_flame.utils.checkpoint import plain
 from recbole_flame.utils.errors import ConfigError
 
@@ -121,6 +121,7 @@ def run_search(settings: SearchSettings) -> dict[str, Any]:
             f"hyper file '{settings.hyper_file}' names keys {unknown} that {settings.model}'s "
             "config does not have; check their spelling"
         )
+    check_search_space(params, config["model"], settings.hyper_file)
     mode = "max" if config["valid_metric_bigger"] else "min"
     epochs = int(config["epochs"])
 
