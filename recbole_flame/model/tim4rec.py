@@ -13,20 +13,41 @@ state" (tau, one row of length L per head) that is carried from layer to layer.
 ``time_aware: False`` drops the time path (``u = 1``): an SSD4Rec-style baseline. The SSD runs
 in pure PyTorch (:mod:`recbole_flame.model.layers.ssd`) unless mamba-ssm's kernel can be used.
 
-Padding. RecBole right-pads every sequence to L = MAX_ITEM_LIST_LENGTH, and the time path has
-parameters indexed by position (the L x L maps and the affine of the LayerNorms over the sequence
-axis). Padded steps are made to count for nothing: their time gaps and time states are zero, the
-sequence-axis LayerNorms take their statistics over real steps only, and the position-indexed
-parameters are used up to the input's width. So a prediction depends only on the real steps and
-the parameters of their positions: padding a sequence further to the right, in this model or in
-one built with a larger L that shares those parameters, does not change it. (The authors'
-statistics run over all L positions, padding included, where the first padded gap is minus the
-last timestamp.)
+Padding (``time_padding``). RecBole right-pads every sequence to L = MAX_ITEM_LIST_LENGTH with
+item 0 and timestamp 0, and the time path works along the sequence axis: L x L maps and
+LayerNorms whose statistics and affine run over positions.
+
+- ``authors`` (default) computes what the authors' code computes on that layout: the gaps
+  ``[0, t2-t1, ..., tn-t(n-1), -tn, 0, ...]`` (the first padded gap is minus the last
+  timestamp, the others 0) are normalised over all L positions, padding included, and every
+  time map and LayerNorm of every layer reads all L positions. On raw unix seconds the one
+  large negative gap dominates the statistics, so the normalised gaps at real steps are
+  nearly a constant and the spike's position (the sequence length) is what the time path
+  mainly carries. The paper's numbers were produced with this. The time path depends on the
+  timestamps and the lengths only (not on the items), so it always runs at width L here, from
+  the real timestamps with 0 on every padded step whatever the input holds, while the items
+  may come trimmed: the SSD scan is causal, so the steps of the time path beyond the items'
+  width reach nothing. Trimming a batch (``trim_batch``) is therefore exact in this mode too.
+- ``masked`` makes padded steps count for nothing: their gaps and time states are zero, the
+  LayerNorms take their statistics over real steps only and the position-indexed parameters
+  are used up to the input's width. A prediction then depends only on the real steps and the
+  parameters of their positions: more right padding, or a larger L sharing those parameters,
+  does not change it.
+
+With ``time_causal: True`` the two coincide at every real step (right padding puts all padded
+steps after the real ones, and a causal statistic or map at a real step reads only steps up to
+it), so that case runs the masked path, which keeps dense training and trimming cheap.
+
+Other switches of the authors' code. Their FFN LayerNorm always uses eps 1e-12 whatever
+``norm_eps`` is (``ffn_norm_eps``). Their three causal convolutions (items, and the two of the
+time path) use Hardswish, except on a GPU with causal-conv1d installed and a head count that is
+a multiple of 8, where causal-conv1d's fused SiLU runs instead (``conv_activation: silu``); their
+released configs all have 4 heads, so Hardswish.
 
 Causality. ``time_causal: False`` (the default) is the authors' time path: dense L x L maps and
-whole-sequence statistics over the real steps, so a step's time state also depends on later gaps
-of the same (observed) history. That leaks nothing in RecBole's prefix training, where a sample
-holds only the steps before its target. With ``time_causal: True`` the time path, like the SSD,
+whole-sequence statistics (over all L or over the real steps, as above), so a step's time state
+also depends on later gaps of the same (observed) history. That leaks nothing in RecBole's
+prefix training, where a sample holds only the steps before its target. With ``time_causal: True`` the time path, like the SSD,
 only looks back (lower-triangular maps, each step normalised with the statistics of the real
 steps up to it), so the output at step t depends on items and timestamps up to t only: what
 ``train_mode: dense`` needs.
@@ -54,6 +75,8 @@ _POSITIVE_INTS = (
     "head_dim",
     "chunk_size",
 )
+TIME_PADDINGS = ("authors", "masked")
+CONV_ACTIVATIONS = {"hardswish": nn.Hardswish, "silu": nn.SiLU}
 
 
 def time_field_loaded(config) -> bool:
@@ -110,11 +133,13 @@ class SequenceLayerNorm(nn.Module):
         xd = x.to(torch.float64) * real
         if self.causal:
             count, s1, s2 = real.cumsum(-1), xd.cumsum(-1), (xd * xd).cumsum(-1)
-        else:
-            count, s1, s2 = (t.sum(-1, keepdim=True) for t in (real, xd, xd * xd))
-        count = count.clamp_min(1.0)
-        mean = s1 / count
-        var = (s2 / count - mean * mean).clamp_min(0.0)
+            count = count.clamp_min(1.0)
+            mean = s1 / count
+            var = (s2 / count - mean * mean).clamp_min(0.0)
+        else:  # two passes, as torch's LayerNorm: exact even for one huge gap among small ones
+            count = real.sum(-1, keepdim=True).clamp_min(1.0)
+            mean = xd.sum(-1, keepdim=True) / count
+            var = (((xd - mean) * real) ** 2).sum(-1, keepdim=True) / count
         normed = ((xd - mean) * torch.rsqrt(var + self.eps)).to(self.weight.dtype)
         return (normed * self.weight[:n] + self.bias[:n]).masked_fill(~mask, 0.0)
 
@@ -140,6 +165,7 @@ class TiSSD(nn.Module):
         time_dropout: float,
         p2p_residual: bool,
         ssd_backend: str,
+        activation: str = "hardswish",
         dt_range: tuple[float, float] = (1e-3, 1e-1),
         dt_floor: float = 1e-4,
         a_range: tuple[float, float] = (1.0, 16.0),
@@ -153,7 +179,8 @@ class TiSSD(nn.Module):
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + self.n_heads)
         self.conv = CausalConv1d(self.d_inner + 2 * d_state, d_conv)
-        self.act = nn.Hardswish()
+        # after the item and both time convolutions, as the authors' self.act (see the module doc)
+        self.act = CONV_ACTIVATIONS[activation]()
         # Mamba2's initialisation: A in [1, 16], step sizes log-uniform in dt_range (stored as
         # the inverse softplus of dt), D = 1.
         self.A_log = nn.Parameter(torch.empty(self.n_heads).uniform_(*a_range).log())
@@ -178,8 +205,9 @@ class TiSSD(nn.Module):
     def forward(
         self, x: torch.Tensor, tau: torch.Tensor | None, mask: torch.Tensor, next_time: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x`` (b, l, d), ``tau`` (b, heads, l) or None, ``mask`` (b, l) -> output (b, l, d)
-        and the next layer's time state (when ``next_time``, else None)."""
+        """``x`` (b, l, d), ``tau`` (b, heads, w) or None, ``mask`` (b, w), the steps the time
+        path counts, -> output (b, l, d) and the next layer's time state (when ``next_time``,
+        else None). The time path may be wider than the items (w >= l)."""
         b, length, _ = x.shape
         z, xbc, dt = self.in_proj(x).split(
             [self.d_inner, self.d_inner + 2 * self.d_state, self.n_heads], dim=-1
@@ -192,7 +220,8 @@ class TiSSD(nn.Module):
             # Padded steps' hidden values would reach real steps through a dense map.
             scale = self.time_scale_out(hidden.masked_fill(~mask.unsqueeze(1), 0.0))
             u = self.act(self.time_conv2(self.act(self.time_conv1(tau * scale))))
-            dt = dt * u.transpose(1, 2)
+            # The scan is causal: time steps beyond the items' width reach no output.
+            dt = dt * u[..., :length].transpose(1, 2)
         dt = F.softplus(dt + self.dt_bias)
 
         y = ssd(
@@ -230,17 +259,25 @@ class FeedForward(nn.Module):
 
 class TiSSDLayer(nn.Module):
     """``h = LN(Dropout(TiSSD(x)) + x)``, then the FFN; ``h = LN(Dropout(TiSSD(x)))`` when
-    ``residual`` is False (the authors' code drops this residual in a one-layer model)."""
+    ``residual`` is False (the authors' code drops this residual in a one-layer model). ``eps``
+    is the SSD's and this LayerNorm's, ``ffn_eps`` the FFN LayerNorm's."""
 
     def __init__(
-        self, d_model: int, dropout: float, eps: float, residual: bool = True, **ssd_args
+        self,
+        d_model: int,
+        dropout: float,
+        eps: float,
+        residual: bool = True,
+        ffn_eps: float = 1e-12,
+        **ssd_args,
     ) -> None:
         super().__init__()
         self.residual = residual
         self.ssd = TiSSD(d_model, norm_eps=eps, **ssd_args)
         self.dropout = nn.Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d_model, eps=eps)
-        self.ffn = FeedForward(d_model, 4 * d_model, dropout, eps)
+        # the authors' FeedForward keeps its own default eps, 1e-12, whatever norm_eps is
+        self.ffn = FeedForward(d_model, 4 * d_model, dropout, ffn_eps)
 
     def forward(
         self, x: torch.Tensor, tau: torch.Tensor | None, mask: torch.Tensor, next_time: bool
@@ -258,6 +295,7 @@ class TiM4Rec(SequentialRecommender):
     """
 
     supports_dense_training = True
+    # Exact with either time_padding: the full-width time path rebuilds RecBole's padding to L.
     trim_safe = True
 
     def __init__(self, config, dataset):
@@ -284,6 +322,11 @@ class TiM4Rec(SequentialRecommender):
         self.dropout = nn.Dropout(dropout)
         self.emb_layer_norm = nn.LayerNorm(self.hidden_size, eps=eps)
         time_causal = bool(config["time_causal"])
+        # The authors' statistics over all L positions; causal, they equal the masked ones at
+        # every real step (see the module doc), and the masked path can run trimmed.
+        self.full_width_time = (
+            self.time_aware and config["time_padding"] == "authors" and not time_causal
+        )
         if self.time_aware:
             self.time_layer_norm = SequenceLayerNorm(self.max_seq_length, eps, causal=time_causal)
         self.layers = nn.ModuleList(
@@ -292,6 +335,7 @@ class TiM4Rec(SequentialRecommender):
                 dropout,
                 eps,
                 residual=self.n_layers > 1,  # as the authors' TiSSDLayer
+                ffn_eps=float(config["ffn_norm_eps"]),
                 max_len=self.max_seq_length,
                 d_state=config["d_state"],
                 d_conv=config["d_conv"],
@@ -303,6 +347,7 @@ class TiM4Rec(SequentialRecommender):
                 time_dropout=config["time_drop_out"],
                 p2p_residual=bool(config["p2p_residual"]),
                 ssd_backend=config["ssd_backend"],
+                activation=config["conv_activation"],
             )
             for _ in range(self.n_layers)
         )
@@ -323,6 +368,19 @@ class TiM4Rec(SequentialRecommender):
                 f"expand * hidden_size = {d_inner} is not divisible by head_dim = "
                 f"{config['head_dim']}; pick a head_dim that divides it"
             )
+        for key, allowed in (
+            ("time_padding", TIME_PADDINGS),
+            ("conv_activation", tuple(CONV_ACTIVATIONS)),
+        ):
+            if config[key] not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {config[key]!r}")
+        for key in ("norm_eps", "ffn_norm_eps"):
+            try:  # the model reads float(value): a YAML string like "1e-5" is fine
+                positive = float(config[key]) > 0
+            except (TypeError, ValueError):
+                positive = False
+            if not positive:
+                raise ConfigError(f"{key} must be a positive number, not {config[key]!r}")
         if config["loss_type"] != "CE":
             raise ConfigError("TiM4Rec trains with the full-softmax CE loss: set loss_type: CE")
         check_backend(config["ssd_backend"], cuda=str(config["device"]).startswith("cuda"))
@@ -357,13 +415,26 @@ class TiM4Rec(SequentialRecommender):
             module.weight.data.fill_(1.0)
             module.bias.data.zero_()
 
+    def time_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The steps the time path counts, from the real steps ``mask`` (b, l): all L positions
+        under ``time_padding: authors`` (unless causal), else the real steps."""
+        if self.full_width_time:
+            return mask.new_ones(mask.size(0), self.max_seq_length)
+        return mask
+
     def time_state(self, timestamps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The first layer's time state (b, heads, l): the gaps ``[0, t2-t1, ...]``, zero on
-        padded steps (the first of which would be minus the last timestamp), normalised over
-        the sequence axis. Heads start alike; their own convolutions make them differ."""
+        """The first layer's time state (b, heads, w), w as :meth:`time_mask`: the gaps
+        ``[0, t2-t1, ...]`` normalised over the sequence axis. Full width: RecBole's layout,
+        timestamp 0 on padded steps, so the first padded gap is minus the last timestamp.
+        Masked: padded gaps are 0 and left out. Heads start alike; their own convolutions make
+        them differ."""
         t = timestamps.to(torch.float64)
-        gaps = F.pad(t[:, 1:] - t[:, :-1], (1, 0)).masked_fill(~mask, 0.0)
-        tau = self.time_layer_norm(self.dropout(gaps), mask)  # dropout here as the authors
+        time_mask = self.time_mask(mask)
+        if self.full_width_time:
+            # Whatever the input holds on padded steps, and however far it was trimmed.
+            t = F.pad(t.masked_fill(~mask, 0.0), (0, time_mask.size(1) - t.size(1)))
+        gaps = F.pad(t[:, 1:] - t[:, :-1], (1, 0)).masked_fill(~time_mask, 0.0)
+        tau = self.time_layer_norm(self.dropout(gaps), time_mask)  # dropout here as the authors
         return tau.unsqueeze(1).expand(-1, self.n_heads, -1)
 
     def forward(
@@ -380,8 +451,9 @@ class TiM4Rec(SequentialRecommender):
         mask = torch.arange(length, device=item_seq.device) < item_seq_len.unsqueeze(1)
         x = self.emb_layer_norm(self.dropout(self.item_embedding(item_seq)))
         tau = self.time_state(timestamps, mask) if self.time_aware else None
+        time_mask = self.time_mask(mask)
         for i, layer in enumerate(self.layers):
-            x, tau = layer(x, tau, mask, next_time=i + 1 < self.n_layers)
+            x, tau = layer(x, tau, time_mask, next_time=i + 1 < self.n_layers)
         return x if all_steps else self.gather_indexes(x, item_seq_len - 1)
 
     def _encode(self, interaction, all_steps: bool = False) -> torch.Tensor:
