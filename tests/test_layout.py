@@ -219,7 +219,7 @@ def test_exclude_history_ranks_the_input_items_out(data_root, workdir):
 def test_fast_dropout_has_dropouts_distribution():
     from torch import nn
 
-    from recbole_flame.model.layers.dropout import FastDropout, use_fast_dropout
+    from recbole_flame.model.layers.fast import FastDropout, use_fast_dropout
 
     torch.manual_seed(0)
     x = torch.rand(400, 500) + 0.5
@@ -233,3 +233,21 @@ def test_fast_dropout_has_dropouts_distribution():
     net = use_fast_dropout(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.3), nn.Sequential(nn.Dropout(0.1))))
     assert [type(m).__name__ for m in net.modules()].count("FastDropout") == 2
     assert net[1].p == 0.3 and net[2][0].p == 0.1
+
+
+@pytest.mark.parametrize("act", ["gelu", "swish"])
+def test_fused_activation_is_recboles_function(data_root, act):
+    """Our SASRec's FFN (fused activation) == RecBole's, weights and gradients (dropout off)."""
+    config = _config(data_root, hidden_act=act, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+    torch.manual_seed(0)
+    ours = SASRec(config, _Items())
+    reference = RecBoleSASRec(config, _Items())
+    reference.load_state_dict(ours.state_dict())
+    seq = torch.tensor([[3, 4, 5, 0, 0, 0, 0, 0], [7, 1, 2, 9, 11, 12, 6, 8]])
+    lens = torch.tensor([3, 8])
+    a, b = ours(seq, lens), reference(seq, lens)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)

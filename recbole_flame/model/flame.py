@@ -78,28 +78,31 @@ def all_pairs_info_nce(
     if normalize:
         z = F.normalize(z, dim=-1)
     pairs = list(itertools.combinations(range(n_views), 2))
+    # Each pair (a, b) twice: rows of a against [a-block, b-block], rows of b against [b, a].
+    row = torch.tensor([p for a, b in pairs for p in (a, b)], device=z.device)
+    other = torch.tensor([q for a, b in pairs for q in (b, a)], device=z.device)
     total = z.new_zeros(len(pairs))
     by_size: dict[int, list[torch.Tensor]] = {}
     for g in groups:
         by_size.setdefault(len(g), []).append(g)
+    # The positive of row i of view p against view q: the same row's other view.
+    positive = torch.einsum("pnd,qnd->pqn", z, z) / tau
     for m, same in by_size.items():
         idx = torch.stack(same)  # G x m
         zg = z[:, idx].permute(1, 0, 2, 3).reshape(len(same), n_views * m, -1)  # G x Pm x d
-        sim = torch.bmm(zg, zg.transpose(1, 2)) / tau  # G x Pm x Pm
-        eye = torch.eye(n_views * m, dtype=torch.bool, device=z.device)
-        sim = sim.masked_fill(eye, -1e4)  # a row is never its own negative (as info_nce)
+        sim = torch.bmm(zg / tau, zg.transpose(1, 2))  # G x Pm x Pm
+        # A row is never its own negative (as info_nce). In place: bmm's backward does not
+        # need its output, and this touches Pm entries instead of rewriting G (Pm)^2.
+        sim.diagonal(dim1=1, dim2=2).fill_(-1e4)
+        # Only whole-tensor operations touch the G (Pm)^2 scores; per-pair work below is on
+        # G x P x P x m summaries (indexing a large tensor per pair costs a large zero-fill
+        # in backward each time).
         blocks = sim.view(len(same), n_views, m, n_views, m)  # G, p, i, q, j
-        peak = blocks.amax(dim=-1)  # G, p, i, q: each row's max within each block
-        mass = torch.exp(blocks - peak.unsqueeze(-1)).sum(dim=-1)  # G, p, i, q
-        for k, (a, b) in enumerate(pairs):
-            for row, other in ((a, b), (b, a)):
-                top = torch.maximum(peak[:, row, :, row], peak[:, row, :, other])
-                lse = top + torch.log(
-                    mass[:, row, :, row] * torch.exp(peak[:, row, :, row] - top)
-                    + mass[:, row, :, other] * torch.exp(peak[:, row, :, other] - top)
-                )
-                positive = blocks[:, row, :, other].diagonal(dim1=-2, dim2=-1)
-                total[k] = total[k] + (lse - positive).sum()
+        block_lse = torch.logsumexp(blocks, dim=-1).permute(0, 1, 3, 2)  # G, p, q, i
+        lse = torch.logaddexp(block_lse[:, row, row], block_lse[:, row, other])  # G, 2K, m
+        pos = positive[row, other][:, idx].permute(1, 0, 2)  # G, 2K, m
+        per_direction = (lse - pos).sum(dim=(0, 2))  # 2K
+        total = total + per_direction.view(len(pairs), 2).sum(dim=1)
     return total / (2 * z.size(1))
 
 

@@ -8,8 +8,9 @@ and its inference. Training differs in two ways, both exact for a causal model:
   and the CE loss is averaged over every real step, each step predicting the next item.
 
 With ``train_mode: prefix`` (the default) the loss is RecBole's, on the same samples. Dropout
-draws its masks with :class:`~recbole_flame.model.layers.dropout.FastDropout` on CPU: the same
-distribution as RecBole's, another random stream.
+draws its masks with :class:`~recbole_flame.model.layers.fast.FastDropout` on CPU (the same
+distribution as RecBole's, another random stream), and the FFN's GELU is PyTorch's fused one
+(the same function).
 
 ``position_alignment: start`` (default) is RecBole's position embedding: step t has position t.
 ``end`` is the layout of the SASRec and FLAME authors' code, which left-pads: the last real item
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
-from recbole_flame.model.layers.dropout import use_fast_dropout
+from recbole_flame.model.layers.fast import use_fast_dropout, use_fused_activation
 from recbole_flame.model.layers.sequence import dense_targets, position_ids, trim_batch
 
 
@@ -42,6 +43,7 @@ class SASRec(RecBoleSASRec):
         self.list_suffix = config["LIST_SUFFIX"]
         self.position_alignment = config["position_alignment"] or "start"
         use_fast_dropout(self)  # same distribution, cheaper masks on CPU
+        use_fused_activation(self.trm_encoder, config["hidden_act"])  # same function, one kernel
 
     @classmethod
     def dense_training_error(cls, config) -> str | None:
