@@ -1,0 +1,184 @@
+"""What a FLAME stage-2 training step costs against a SASRec step, in each train mode, and
+against the authors' own code on the same batches.
+
+    python benchmarks/flame_cost.py --datasets ml-100k amazon-beauty --modes dense prefix \
+        --data_path=../shared/datasets --steps=10 [--authors_dir=PATH] [--threads=2]
+
+For every (dataset, mode): this package's SASRec and FLAME (the paper's settings, FLAME.yaml)
+each take training steps on the same batches of that mode's loader, interleaved (SASRec,
+FLAME, SASRec, ...), and the median step time of each is reported with their ratio; the epoch
+estimate is the mean step time times the loader's steps (dense batches differ in length).
+With ``--authors_dir`` (a checkout of github.com/woo-joo/FLAME_SIGIR26) the authors' FLAME
+takes its step on the same prefix batches, left-padded to L as their loader gives them, in the
+same interleaving. Time with nothing else running on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import markdown_table, timed, train_step, write_json  # noqa: E402
+from benchmarks.converge import provenance  # noqa: E402
+from recbole_flame.config import Config  # noqa: E402
+from recbole_flame.quick_start import prepare  # noqa: E402
+
+
+def authors_step_fn(authors_dir: str, config, n_items: int):
+    """A training step of the authors' FLAME (their module, random frozen weights: the cost
+    does not depend on them) on a RecBole prefix batch, left-padded as their sampler does."""
+    sys.path.insert(0, authors_dir)
+    from models.flame import FLAME as AuthorsFLAME  # noqa: PLC0415
+
+    class Unloaded(AuthorsFLAME):
+        def load_frozen(self, args):  # their weights file is per dataset; cost is the same
+            for param in self.frozen.parameters():
+                param.requires_grad = False
+
+    length = config["MAX_ITEM_LIST_LENGTH"]
+    args = SimpleNamespace(
+        max_len=length,
+        tau=1.0,
+        lambda_0=1.0,
+        lambda_R=1e-5,
+        num_epoch=200,
+        std=0.02,
+        num_item=n_items - 1,
+        num_latent=config["hidden_size"],
+        dropout=config["hidden_dropout_prob"],
+        num_head=config["n_heads"],
+        num_layer=config["n_layers"],
+        dataset="",
+    )
+    model = Unloaded(args)
+    model.anneal(1)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def step(batch) -> None:
+        seq, lens = batch["item_id_list"], batch["item_length"]
+        left = torch.zeros(len(seq), length, dtype=seq.dtype)
+        for row, n in enumerate(lens.tolist()):
+            left[row, length - n :] = seq[row, :n]
+        model.train()
+        optimizer.zero_grad()
+        loss = model.compute_loss(model(left), batch["item_id"])
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def measure(dataset: str, mode: str, args) -> dict:
+    base = {
+        "train_mode": mode,
+        "show_progress": False,
+        "state": "ERROR",
+        "epochs": 1,
+        "checkpoint_dir": "/tmp/flame_cost",
+    }
+    if args.data_path and dataset != "ml-100k":
+        base["data_path"] = os.path.abspath(args.data_path)
+    _, flame, _, (train_data, _, _) = prepare("FLAME", dataset, config_dict=base)
+    # SASRec with FLAME's backbone settings (FLAME.yaml), so only the method differs.
+    flame_config = Config("FLAME", dataset, config_dict=base)
+    backbone = {
+        k: flame_config[k]
+        for k in (
+            "n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob",
+            "attn_dropout_prob", "hidden_act", "layer_norm_eps", "initializer_range",
+            "loss_type", "MAX_ITEM_LIST_LENGTH", "train_batch_size", "learning_rate",
+            "position_alignment",
+        )
+    }
+    _, sasrec, _, _ = prepare("SASRec", dataset, config_dict={**base, **backbone})
+    batches = [b for _, b in zip(range(args.steps + 2), train_data, strict=False)]
+    flame.anneal(1)
+    optimizers = {
+        "SASRec": torch.optim.Adam(sasrec.parameters(), lr=1e-3),
+        "FLAME": torch.optim.Adam([p for p in flame.parameters() if p.requires_grad], lr=1e-3),
+    }
+    fns = {
+        "SASRec": lambda b: train_step(sasrec, optimizers["SASRec"], b),
+        "FLAME": lambda b: train_step(flame, optimizers["FLAME"], b),
+    }
+    if args.authors_dir and mode == "prefix":
+        fns["authors FLAME"] = authors_step_fn(
+            args.authors_dir, flame_config, flame.learnable.item_embedding.num_embeddings
+        )
+    for b in batches[:2]:  # warm-up
+        for fn in fns.values():
+            fn(b)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for b in batches[2:]:
+        for name, fn in fns.items():
+            samples[name].append(timed(lambda fn=fn, b=b: fn(b)))
+    steps = len(train_data)
+    return {
+        "steps_per_epoch": steps,
+        "median_step_s": {k: statistics.median(v) for k, v in samples.items()},
+        "epoch_estimate_s": {k: statistics.fmean(v) * steps for k, v in samples.items()},
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k", "amazon-beauty"])
+    parser.add_argument("--modes", nargs="+", default=["dense", "prefix"])
+    parser.add_argument("--data_path", default="../shared/datasets")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--authors_dir", default=None)
+    parser.add_argument("--out", default="benchmarks/results/flame_cost.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    report: dict = {**provenance(), "runs": {}}
+    rows = []
+    for dataset in args.datasets:
+        for mode in args.modes:
+            entry = measure(dataset, mode, args)
+            report["runs"][f"{dataset}/{mode}"] = entry
+            med = entry["median_step_s"]
+            ratio = med["FLAME"] / med["SASRec"]
+            authors = med.get("authors FLAME")
+            rows.append(
+                [
+                    dataset,
+                    mode,
+                    entry["steps_per_epoch"],
+                    med["SASRec"],
+                    med["FLAME"],
+                    ratio,
+                    authors if authors is not None else "-",
+                    med["FLAME"] / authors if authors else "-",
+                    entry["epoch_estimate_s"]["FLAME"] / entry["epoch_estimate_s"]["SASRec"],
+                ]
+            )
+            print(f"{dataset}/{mode}: {med}", flush=True)
+    report["wall_seconds"] = time.perf_counter() - start
+    write_json(ROOT / args.out, report)
+    print(
+        markdown_table(
+            [
+                "dataset", "mode", "steps/epoch", "SASRec s/step", "FLAME s/step",
+                "FLAME / SASRec", "authors' FLAME s/step", "ours / authors'",
+                "epoch ratio (mean steps)",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
