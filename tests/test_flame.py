@@ -228,6 +228,13 @@ def test_two_stages_end_to_end_and_stage1_cache(data_root, workdir):
     assert first["stage1_test_result"] == dict(sasrec["test_result"])
     assert first["stage1_best_epoch"] == sasrec["best_epoch"]
     assert first["best_epoch"] in (1, 2) and len(first["valid_history"]) == 2
+    # The convergence ratio, by hand from the two learning curves.
+    target = first["stage1_valid_result"]["ndcg@10"]
+    reached = [h["epoch"] for h in first["valid_history"] if h["valid_score"] >= target]
+    stage1_best = first["stage1_learning_curve"]["best_epoch"]
+    assert first["stage1_best_epoch"] == stage1_best
+    assert first["stage2_epoch_reaching_stage1_best"] == (reached[0] if reached else None)
+    assert first["convergence_ratio"] == (stage1_best / reached[0] if reached else None)
 
 
 def test_frozen_checkpoint_that_does_not_fit(data_root, workdir, sasrec_checkpoint):
