@@ -107,6 +107,10 @@ def materialise_bundled(name: str, folder: Path) -> Path:
     target = folder / f"{name}.inter"
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        # The note first: a run that finds the .inter file also finds where it came from.
+        note = source.parent / _ORIGIN_NOTE
+        if note.is_file():
+            shutil.copyfile(note, folder / _ORIGIN_NOTE)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out, gzip.open(source, "rb") as src:
@@ -116,9 +120,6 @@ def materialise_bundled(name: str, folder: Path) -> Path:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        note = source.parent / _ORIGIN_NOTE
-        if note.is_file():
-            shutil.copyfile(note, folder / _ORIGIN_NOTE)
     except OSError as exc:
         raise DatasetNotFoundError(
             f"dataset '{name}': cannot write recbole_flame's bundled copy to data_path {folder} "
