@@ -2,7 +2,8 @@
 
 Precedence, lowest first: RecBole's defaults (overall, model, dataset and model-type files), this
 package's ``properties/model/<Model>.yaml`` then ``properties/dataset/<dataset>.yaml``, config
-files, ``config_dict``, command-line ``--key=value`` arguments.
+files, ``config_dict``, command-line ``--key=value`` arguments. A dataset with no yaml of its own
+and no ``load_col`` given loads every column of its atomic files (``load_col: None``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from recbole.utils import ModelType
 
 from recbole_flame.config.checks import check_config_values, check_user_keys
 from recbole_flame.utils.errors import ConfigError
-from recbole_flame.utils.paths import properties_dir
+from recbole_flame.utils.paths import dataset_yaml_files, properties_dir
 from recbole_flame.utils.registry import canonical_model_name, get_model
 
 _NONE_WORDS = {"none", "null", "~"}
@@ -198,6 +199,11 @@ class Config(RecBoleConfig):
         final.setdefault("position_alignment", "start")
         final.setdefault("history_limit", None)
         final.setdefault("eval_exclude_history", False)
+        # A dataset with no yaml of its own (ours or RecBole's) would get RecBole's sample.yaml
+        # load_col, user and item ids only, which drops the time column every sequential model
+        # sorts by. Load every column of its atomic files instead, unless the user chose.
+        if "load_col" not in self.external_config_dict and not dataset_yaml_files(self.dataset):
+            final["load_col"] = None
         return final
 
     def _our_yaml_sets(self, key: str) -> bool:

@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from logging import getLogger
-from pathlib import Path
 from typing import Any
 
 from recbole.data import create_dataset, data_preparation
@@ -15,27 +14,16 @@ from recbole.utils import init_logger, init_seed
 
 from recbole_flame.config import Config
 from recbole_flame.data import apply_history_limit, dense_train_dataloader
+from recbole_flame.data.datasets import check_time_field, dataset_source, provide_dataset
 from recbole_flame.model.layers.sequence import TRAIN_MODES
-from recbole_flame.utils.errors import ConfigError, DatasetNotFoundError
+from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.registry import available_models, get_model, get_trainer
-
-_ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")
 
 
 def check_dataset_on_disk(config: Config) -> None:
-    """Stop with one line if the dataset's folder is not there (RecBole would try to download
-    it, which offline ends in a long traceback)."""
-    folder = Path(config["data_path"])
-    name = config["dataset"]
-    if folder.is_dir() and any((folder / f"{name}.{s}").is_file() for s in _ATOMIC_SUFFIXES):
-        return
-    if config["benchmark_filename"]:
-        if all((folder / f"{name}.{p}.inter").is_file() for p in config["benchmark_filename"]):
-            return
-    raise DatasetNotFoundError(
-        f"dataset '{name}' not found: no atomic files such as {folder / (name + '.inter')}; "
-        f"set data_path (e.g. --data_path=DIR) to the folder that holds {name}/"
-    )
+    """Stop with one line if the dataset is not at ``data_path`` and neither this package (its
+    bundled amazon-beauty) nor RecBole's download list can supply it. Writes nothing."""
+    dataset_source(config)
 
 
 def check_train_mode(config: Config) -> None:
@@ -95,11 +83,14 @@ def prepare(
         check(config)  # model-specific bad input stops here, before any data is loaded
     check_train_mode(config)
     check_dataset_on_disk(config)
+    check_time_field(config)  # a sequential model on data without a time column: one line
+    provided = provide_dataset(config)  # at data_path, the bundled copy, or RecBole's download
     init_seed(config["seed"], config["reproducibility"])
     reset_logging(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+    logger.info(provided)
 
     data = create_dataset(config)
     if config["history_limit"]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import recbole
+
 _PKG = Path(__file__).resolve().parent.parent
 
 
@@ -17,3 +19,13 @@ def properties_dir() -> Path:
         f"recbole_flame's properties/ folder is missing (looked in {_PKG.parent} and {_PKG}); "
         "reinstall the package"
     )
+
+
+def dataset_yaml_files(name: str) -> list[Path]:
+    """The yaml files that configure dataset ``name``: this package's
+    ``properties/dataset/<name>.yaml`` and RecBole's own (only ml-100k has one)."""
+    candidates = (
+        properties_dir() / "dataset" / f"{name}.yaml",
+        Path(recbole.__file__).resolve().parent / "properties" / "dataset" / f"{name}.yaml",
+    )
+    return [path for path in candidates if path.is_file()]

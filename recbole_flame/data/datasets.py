@@ -1,0 +1,241 @@
+"""Where a run's atomic files come from, settled before RecBole reads any data.
+
+In order: atomic files already at ``data_path``; the copy of amazon-beauty that ships inside this
+package (written to ``data_path`` on first use); RecBole's download, for a name in RecBole's
+dataset list. Anything else stops with one line. Also, before loading, whether the time column a
+sequential model sorts by is there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import recbole
+import yaml
+from recbole.utils import ModelType
+from recbole.utils import url as recbole_url
+
+from recbole_flame.utils.errors import ConfigError, DatasetNotFoundError
+from recbole_flame.utils.paths import dataset_yaml_files
+
+BUNDLED_ROOT = Path(__file__).resolve().parent.parent / "datasets"
+ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")
+_RECBOLE_URLS = Path(recbole.__file__).resolve().parent / "properties" / "dataset" / "url.yaml"
+_ORIGIN_NOTE = "ORIGIN.md"
+
+DISK, BUNDLED, DOWNLOAD = "disk", "bundled", "download"
+
+
+def bundled_file(name: str) -> Path | None:
+    """The gzip-compressed ``.inter`` file this package ships for dataset ``name``, if any."""
+    path = BUNDLED_ROOT / name / f"{name}.inter.gz"
+    return path if path.is_file() else None
+
+
+def recbole_download_url(name: str) -> str | None:
+    """The URL RecBole downloads dataset ``name`` from, or None if RecBole does not know it."""
+    with open(_RECBOLE_URLS, encoding="utf-8") as f:
+        urls = yaml.safe_load(f) or {}
+    url = urls.get(name)
+    return url if isinstance(url, str) else None
+
+
+def on_disk(config: Any) -> bool:
+    """Whether ``data_path`` (RecBole's: already ending in the dataset's name) holds the
+    dataset's atomic files, or all of its benchmark files."""
+    folder, name = Path(config["data_path"]), config["dataset"]
+    if folder.is_dir() and any((folder / f"{name}.{s}").is_file() for s in ATOMIC_SUFFIXES):
+        return True
+    benchmark = config["benchmark_filename"]
+    return bool(benchmark) and all((folder / f"{name}.{p}.inter").is_file() for p in benchmark)
+
+
+def dataset_source(config: Any) -> str:
+    """``disk``, ``bundled`` or ``download``; stops with one line for a dataset that is not on
+    disk and that neither this package nor RecBole can supply. Reads nothing but file names."""
+    if on_disk(config):
+        return DISK
+    name = config["dataset"]
+    # The bundled copy is one .inter file: it cannot stand in for pre-split benchmark files.
+    if bundled_file(name) is not None and not config["benchmark_filename"]:
+        return BUNDLED
+    if recbole_download_url(name) is not None and not config["benchmark_filename"]:
+        return DOWNLOAD
+    folder = Path(config["data_path"])
+    raise DatasetNotFoundError(
+        f"dataset '{name}' not found: no atomic files such as {folder / (name + '.inter')}; "
+        f"set data_path (e.g. --data_path=DIR) to the folder that holds {name}/"
+    )
+
+
+def provide_dataset(config: Any) -> str:
+    """Make the dataset's atomic files available at ``data_path``: the files there, the bundled
+    copy (written there now) or RecBole's download. Returns a line for the log saying which copy
+    is used. Call it before the logger is set up, so a failed download prints one line only."""
+    name, folder = config["dataset"], Path(config["data_path"])
+    source = dataset_source(config)
+    if source == BUNDLED:
+        materialise_bundled(name, folder)
+        used = (
+            f"no atomic files at data_path, so wrote the copy bundled with recbole_flame "
+            f"({bundled_file(name)}) to {folder} (origin: {folder / _ORIGIN_NOTE})"
+        )
+    elif source == DOWNLOAD:
+        url = download(config)
+        check_time_field(config)  # the header could not be read before the download
+        used = f"downloaded RecBole's copy from {url} to {folder}"
+    else:
+        copy = ", recbole_flame's bundled copy" if (folder / _ORIGIN_NOTE).is_file() else ""
+        used = f"atomic files at {folder}{copy}"
+    if config["load_col"] is None and not dataset_yaml_files(name):
+        used += "; it has no yaml of its own, so every column is loaded (load_col: ~)"
+    return f"dataset {name}: {used}"
+
+
+def materialise_bundled(name: str, folder: Path) -> Path:
+    """Decompress the bundled ``<name>.inter.gz`` into ``folder`` (with its origin note beside
+    it). The file is written under a temporary name and renamed, so a concurrent run (a Ray
+    trial) never reads half of it. Returns the ``.inter`` file's path."""
+    source = bundled_file(name)
+    if source is None:
+        raise DatasetNotFoundError(f"recbole_flame bundles no dataset '{name}'")
+    target = folder / f"{name}.inter"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # The note first: a run that finds the .inter file also finds where it came from.
+        note = source.parent / _ORIGIN_NOTE
+        if note.is_file():
+            shutil.copyfile(note, folder / _ORIGIN_NOTE)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, gzip.open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise DatasetNotFoundError(
+            f"dataset '{name}': cannot write recbole_flame's bundled copy to data_path {folder} "
+            f"({exc.strerror or exc}); set --data_path=DIR to a writable folder"
+        ) from exc
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def download(config: Any) -> str:
+    """RecBole's download of a dataset in its list, into ``data_path``: same URL list and the
+    same helpers (``recbole.utils.url``) as ``Dataset._download``, which RecBole 1.2.1 cannot
+    finish outside distributed training (it calls ``torch.distributed.barrier()``; RecBole issue
+    #1989). Any failure (offline, a declined prompt, a bad archive) stops with one line naming
+    the dataset, the reason and ``data_path``; a folder this call created is removed again.
+    Returns the URL."""
+    name, folder = config["dataset"], str(config["data_path"])
+    url = recbole_download_url(name)
+    created = not os.path.exists(folder)
+    try:
+        if not recbole_url.decide_download(url):
+            raise RuntimeError("download declined")
+        recbole_url.makedirs(folder)
+        path = recbole_url.download_url(url, folder)
+        recbole_url.extract_zip(path, folder)
+        os.unlink(path)
+        basename = os.path.splitext(os.path.basename(path))[0]
+        recbole_url.rename_atomic_files(folder, basename, name)
+        if not os.path.isfile(os.path.join(folder, f"{name}.inter")):
+            raise RuntimeError(f"the archive holds no {name}.inter")
+    # A download fails in many ways (DNS, HTTP, a broken zip, input() without a terminal); each
+    # becomes one line with its reason, never a traceback.
+    except Exception as exc:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise DatasetNotFoundError(
+            f"dataset '{name}' is not at data_path {folder} and RecBole's download from {url} "
+            f"failed ({reason}); connect to the internet, or put its atomic files in that folder "
+            f"(--data_path=DIR for DIR/{name}/)"
+        ) from exc
+    return url
+
+
+def needs_time_field(config: Any) -> bool:
+    """Whether RecBole will sort the interactions by ``TIME_FIELD``: a sequential model's
+    dataset sorts each user's interactions by it (``SequentialDataset.data_augmentation``), and
+    ``eval_args`` order ``TO`` sorts by it before splitting. Pre-split benchmark files do
+    neither."""
+    if config["benchmark_filename"]:
+        return False
+    order = (config["eval_args"] or {}).get("order")
+    return config["MODEL_TYPE"] == ModelType.SEQUENTIAL or order == "TO"
+
+
+def inter_header(config: Any) -> tuple[Path, list[str]] | None:
+    """The ``.inter`` file that will be loaded and its field names (header line, types
+    dropped), or None before a download."""
+    name = config["dataset"]
+    path = Path(config["data_path"]) / f"{name}.inter"
+    sep, encoding = config["field_separator"], config["encoding"]
+    if path.is_file():
+        with open(path, encoding=encoding) as f:
+            head = f.readline()
+    elif dataset_source(config) == BUNDLED:
+        path = bundled_file(name)
+        with gzip.open(path, "rt", encoding=encoding) as f:
+            head = f.readline()
+    else:
+        return None
+    return path, [field.split(":")[0] for field in head.rstrip("\r\n").split(sep)]
+
+
+def check_time_field(config: Any) -> None:
+    """Stop with one line, before any data is loaded, when the model needs a time column
+    (``needs_time_field``) that will not be loaded: ``TIME_FIELD`` unset (RecBole's sequential
+    dataset then stops with "time_field isn't set", so that is no way round it), left out by
+    ``load_col`` or ``unload_col``, or not a column of the ``.inter`` file."""
+    if not needs_time_field(config):
+        return
+    model, field = config["model"], config["TIME_FIELD"]
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        why = (
+            f"{model} is a sequential model: RecBole orders each user's interactions by TIME_FIELD"
+        )
+    else:
+        why = f"eval_args order TO sorts the interactions by TIME_FIELD before {model} splits them"
+    fix = (
+        "add one (each interaction's position in its user's sequence will do), set TIME_FIELD to "
+        "its name and, if you set load_col, list it in load_col's inter list"
+    )
+    if not field:
+        raise ConfigError(
+            f"{why}, which is not set; set TIME_FIELD to the .inter file's time column (if it has "
+            "none, add one: each interaction's position in its user's sequence will do) and, if "
+            "you set load_col, list it in load_col's inter list"
+        )
+    load_col, unload_col = config["load_col"], config["unload_col"]
+    if load_col is not None:
+        inter = load_col.get("inter") if isinstance(load_col, dict) else None
+        if inter != "*" and field not in (inter or ()):
+            raise ConfigError(
+                f"{why} ('{field}'), but load_col's inter list {inter} leaves it out; add it "
+                f"(e.g. load_col: {{inter: [user_id, item_id, {field}]}}) or set load_col: ~ "
+                "to load every column"
+            )
+    if isinstance(unload_col, dict) and field in (unload_col.get("inter") or ()):
+        raise ConfigError(f"{why} ('{field}'), but unload_col's inter list drops it; keep it")
+    header = inter_header(config)
+    if header is not None and field not in header[1]:
+        path, columns = header
+        raise ConfigError(
+            f"{why} ('{field}'), but {path} has no such column (it has {', '.join(columns)}); {fix}"
+        )
