@@ -1,7 +1,7 @@
 """Prefix against dense training for SASRec and FLAME: epoch time, and accuracy at equal time.
 
     nice -n 5 python benchmarks/dense_training.py --dataset=amazon-beauty \
-        --data_path=../shared/datasets --sasrec_budget=180 --flame_budget=360
+        --sasrec_budget=180 --flame_budget=360
 
 Settings are the paper's (see ``benchmarks/flame_vs_sasrec.py``): d=64, 2 blocks, dropout 0.5,
 L=50, batch 256, Adam 1e-3, seed 42. Both modes trim each batch to its longest sequence.
@@ -129,7 +129,9 @@ def fresh_pair(name: str, base: dict, dataset: str, init: dict | None) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="amazon-beauty")
-    parser.add_argument("--data_path", default="../shared/datasets")
+    parser.add_argument(
+        "--data_path", default=None, help="default: RecBole's (amazon-beauty: the bundled copy)"
+    )
     parser.add_argument("--timing_steps", type=int, default=30)
     parser.add_argument("--sasrec_budget", type=float, default=180.0)
     parser.add_argument("--flame_budget", type=float, default=360.0)
@@ -140,12 +142,13 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     base = dict(
         PAPER,
-        data_path=os.path.abspath(args.data_path),
         eval_batch_size=1024,
         checkpoint_dir=os.path.abspath("benchmarks/results/saved"),
         state="WARNING",
         load_col={"inter": ["user_id", "item_id", "timestamp"]},
     )
+    if args.data_path:
+        base["data_path"] = os.path.abspath(args.data_path)
     report: dict = {"settings": base, "args": vars(args), "threads": torch.get_num_threads()}
     timing_rows, curve_rows = [], []
     frozen = None

@@ -2,7 +2,7 @@
 against the authors' own code on the same batches.
 
     python benchmarks/flame_cost.py --datasets ml-100k amazon-beauty --modes dense prefix \
-        --data_path=../shared/datasets --steps=10 [--authors_dir=PATH] [--threads=2]
+        --steps=10 [--authors_dir=PATH] [--threads=2]
 
 For every (dataset, mode): this package's SASRec and FLAME (the paper's settings, FLAME.yaml)
 each take training steps on the same batches of that mode's loader, interleaved (SASRec,
@@ -135,7 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "amazon-beauty"])
     parser.add_argument("--modes", nargs="+", default=["dense", "prefix"])
-    parser.add_argument("--data_path", default="../shared/datasets")
+    parser.add_argument(
+        "--data_path", default=None, help="default: RecBole's (amazon-beauty: the bundled copy)"
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--authors_dir", default=None)

@@ -1,6 +1,6 @@
 """FLAME against RecBole's SASRec on one dataset: inference cost, training cost, convergence.
 
-    python benchmarks/flame_vs_sasrec.py --dataset=amazon-beauty --data_path=../shared/datasets \
+    python benchmarks/flame_vs_sasrec.py --dataset=amazon-beauty \
         --epochs=3 --timing_steps=20
 
 1. Timing (interleaved, medians): full-sort inference per evaluation batch and one training
@@ -56,7 +56,9 @@ PAPER = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="amazon-beauty")
-    parser.add_argument("--data_path", default="../shared/datasets")
+    parser.add_argument(
+        "--data_path", default=None, help="default: RecBole's (amazon-beauty: the bundled copy)"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--timing_steps", type=int, default=20)
     parser.add_argument("--eval_batch_size", type=int, default=256)
@@ -65,11 +67,12 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     base = dict(
         PAPER,
-        data_path=os.path.abspath(args.data_path),
         epochs=args.epochs,
         eval_batch_size=args.eval_batch_size,
         checkpoint_dir=os.path.abspath("benchmarks/results/saved"),
     )
+    if args.data_path:
+        base["data_path"] = os.path.abspath(args.data_path)
     report: dict = {"settings": base, "device": "cpu", "threads": torch.get_num_threads()}
 
     # --- timing, interleaved on the same batches -------------------------------------------
