@@ -164,6 +164,7 @@ class Config(RecBoleConfig):
         final.setdefault("position_alignment", "start")
         final.setdefault("history_limit", None)
         final.setdefault("eval_exclude_history", False)
+        final.setdefault("attention_impl", "auto")  # SASRec/FLAME: see model/layers/attention.py
         return final
 
     def _our_yaml_sets(self, key: str) -> bool:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
+from recbole_flame.model.layers.attention import set_attention_impl
 from recbole_flame.model.layers.sequence import dense_targets, position_ids, trim_batch
 
 
@@ -38,6 +39,8 @@ class SASRec(RecBoleSASRec):
         self.dense = config["train_mode"] == "dense"
         self.list_suffix = config["LIST_SUFFIX"]
         self.position_alignment = config["position_alignment"] or "start"
+        # Same weights and names; SDPA where it is exact and faster (see layers/attention.py).
+        set_attention_impl(self.trm_encoder, config["attention_impl"] or "auto")
 
     @classmethod
     def dense_training_error(cls, config) -> str | None:
