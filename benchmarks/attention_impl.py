@@ -1,26 +1,32 @@
-"""RecBole's attention against SDPA (``attention_impl``): CPU training-step time of SASRec and FLAME.
+"""RecBole's attention against SDPA (``attention_impl``): CPU step time of SASRec and FLAME.
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/attention_impl.py --threads=1,2 --reps=9
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/attention_impl.py --models=SASRec --eval \
+        --threads=1 --reps=11 --out=benchmarks/results/attention_impl_sasrec_t1.json
 
 One optimisation step (train mode: forward, full-softmax CE over all items, backward, Adam) of
 this package's SASRec, and of a FLAME stage-2 step (``path_mixing: tiled``, all four paths, the
 frozen network's dropout live, as FLAME.yaml), at each sequence length L, with dropout (hidden and
 attention) 0.5 and 0: ``attention_impl: recbole`` against ``sdpa`` (SDPA everywhere, attention
 dropout included). ``auto`` runs ``sdpa``'s code without attention dropout and ``recbole``'s with
-it, so its time is one of the two columns. The two models of a pair are built from the same seed,
-so they hold the same weights. Times are medians over ``--reps`` interleaved steps (recbole, sdpa,
-recbole, ...) after 2 warm-up steps each, on the same batch.
+it, so its time is one of the two columns. With ``--eval``, also SASRec's ``full_sort_predict``
+on the same batch (eval mode, where ``auto`` is ``sdpa``). The two models of a pair are built from
+the same seed, so they hold the same weights, and run on the same batch.
+
+Timing: ``--reps`` rounds (recbole, sdpa, recbole, sdpa, ...) after 2 warm-up rounds; the table
+gives each one's median and the median and quartiles of the per-round ratio sdpa / recbole (the
+two steps of a round ran under the same load, so the ratio is steadier than either time).
 
 Synthetic data, no dataset read: batch 256, d = 64, 2 layers, 2 heads, inner 256 (FLAME.yaml's
 backbone), ``--items`` items (12102, amazon-beauty's count, by default); each row has a random
 length in 1..L, one row is full, so the batch is not trimmed. Writes a JSON with the command,
-commit, machine, wall time and every median to ``--out``.
+commit, machine, wall time and every sample to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recbole.data.interaction import Interaction  # noqa: E402
 
-from benchmarks.common import interleaved_medians, markdown_table, train_step, write_json  # noqa: E402
+from benchmarks.common import interleaved_samples, markdown_table, train_step, write_json  # noqa: E402
 from benchmarks.converge import provenance  # noqa: E402
 from recbole_flame.config import Config  # noqa: E402
 from recbole_flame.utils.registry import get_model  # noqa: E402
@@ -91,6 +97,32 @@ def batch(length: int, size: int, n_items: int, seed: int = 0) -> Interaction:
     )
 
 
+def paired_ratios(samples: dict[str, list[float]]) -> list[float]:
+    """sdpa / recbole per round of the interleaving (both timed under the same load)."""
+    return [s / r for s, r in zip(samples["sdpa"], samples["recbole"], strict=True)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def measure(fns: dict, reps: int) -> dict:
+    samples = interleaved_samples(fns, reps)
+    ratios = paired_ratios(samples)
+    return {
+        "median_s": {impl: statistics.median(v) for impl, v in samples.items()},
+        "ratio_quartiles": quartiles(ratios),
+        "samples_s": samples,
+    }
+
+
+def full_sort(model, data) -> None:
+    model.eval()
+    with torch.no_grad():
+        model.full_sort_predict(data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="SASRec,FLAME")
@@ -100,12 +132,34 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--items", type=int, default=12102)
     parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument(
+        "--eval", action="store_true", help="also time SASRec's full_sort_predict (eval mode)"
+    )
     parser.add_argument("--out", default="benchmarks/results/attention_impl.json")
     args = parser.parse_args()
     start = time.perf_counter()
     report = {**provenance(), "settings": vars(args), "results": []}
-    headers = ["model", "threads", "L", "dropout", "recbole s/step", "sdpa s/step", "sdpa/recbole"]
+    headers = [
+        "model",
+        "threads",
+        "L",
+        "dropout",
+        "what",
+        "recbole s",
+        "sdpa s",
+        "sdpa/recbole (paired median)",
+        "paired IQR",
+    ]
     rows = []
+
+    def record(key: list, result: dict) -> None:
+        q1, q2, q3 = result["ratio_quartiles"]
+        times = result["median_s"]
+        row = [*key, times["recbole"], times["sdpa"], q2, f"{q1:.3f}-{q3:.3f}"]
+        rows.append(row)
+        report["results"].append({**dict(zip(headers, row, strict=True)), **result})
+        print(dict(zip(headers, row, strict=True)), flush=True)
+
     for threads in [int(v) for v in args.threads.split(",")]:
         torch.set_num_threads(threads)
         for model_name in args.models.split(","):
@@ -115,23 +169,30 @@ def main() -> None:
                     built = {
                         impl: build(model_name, length, dropout, impl, args.items) for impl in IMPLS
                     }
-                    times = interleaved_medians(
+                    result = measure(
                         {
                             impl: lambda i, m=model, o=opt, d=data: train_step(m, o, d)
                             for impl, (model, opt) in built.items()
                         },
                         args.reps,
                     )
+                    record([model_name, threads, length, dropout, "train step"], result)
+                    if args.eval and model_name == "SASRec" and dropout == 0:
+                        # Dropout is off in eval mode: one measurement per L.
+                        result = measure(
+                            {
+                                impl: lambda i, m=model, d=data: full_sort(m, d)
+                                for impl, (model, _) in built.items()
+                            },
+                            args.reps,
+                        )
+                        record([model_name, threads, length, "-", "full_sort_predict"], result)
                     del built
-                    ratio = times["sdpa"] / times["recbole"]
-                    row = [model_name, threads, length, dropout, *times.values(), ratio]
-                    rows.append(row)
-                    report["results"].append(dict(zip(headers, row, strict=True)))
-                    print(dict(zip(headers, row, strict=True)), flush=True)
     report["wall_seconds"] = time.perf_counter() - start
     print(
-        f"\n## attention_impl: one training step on CPU (batch {args.batch}, d=64, 2 layers, "
-        f"2 heads, {args.items} items, medians of {args.reps} interleaved steps)\n"
+        f"\n## attention_impl on CPU (batch {args.batch}, d=64, 2 layers, 2 heads, "
+        f"{args.items} items, {args.reps} interleaved rounds; times are medians, the ratio is "
+        "the median of the per-round ratios)\n"
     )
     print(markdown_table(headers, rows))
     if args.out:
