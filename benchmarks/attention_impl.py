@@ -36,10 +36,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recbole.data.interaction import Interaction  # noqa: E402
+from recbole.model.layers import MultiHeadAttention  # noqa: E402
+from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec  # noqa: E402
 
 from benchmarks.common import interleaved_samples, markdown_table, train_step, write_json  # noqa: E402
 from benchmarks.converge import provenance  # noqa: E402
 from recbole_flame.config import Config  # noqa: E402
+from recbole_flame.model.layers.attention import set_attention_impl  # noqa: E402
 from recbole_flame.utils.registry import get_model  # noqa: E402
 
 IMPLS = ("recbole", "sdpa")
@@ -123,6 +126,39 @@ def full_sort(model, data) -> None:
         model.full_sort_predict(data)
 
 
+def core_timings(lengths: list[int], size: int, reps: int, record) -> None:
+    """The attention sublayer alone (a RecBole ``MultiHeadAttention``, d = 64, 2 heads, no
+    dropout): forward + backward in train mode, and forward in eval mode, on a causal mask of
+    right-padded sequences. Everything else in a step is the same code for both, so this is
+    where the difference is, with less noise than a whole step."""
+    for length in lengths:
+        torch.manual_seed(0)
+        layers = {impl: MultiHeadAttention(2, 64, 0.0, 0.0, 1e-12) for impl in IMPLS}
+        layers["sdpa"].load_state_dict(layers["recbole"].state_dict())
+        set_attention_impl(layers["sdpa"], "sdpa")
+        items = batch(length, size, 100)["item_id_list"]
+        mask = RecBoleSASRec.get_attention_mask(None, items)
+        x = torch.randn(size, length, 64, requires_grad=True)
+        threads = torch.get_num_threads()
+        for what, fn in (("attention fwd+bwd", _core_train), ("attention eval fwd", _core_eval)):
+            result = measure(
+                {impl: lambda i, m=m, f=fn, x=x, k=mask: f(m, x, k) for impl, m in layers.items()},
+                reps,
+            )
+            record(["MultiHeadAttention", threads, length, 0.0, what], result)
+
+
+def _core_train(layer: MultiHeadAttention, x: torch.Tensor, mask: torch.Tensor) -> None:
+    layer.train()
+    layer(x, mask).sum().backward()
+
+
+def _core_eval(layer: MultiHeadAttention, x: torch.Tensor, mask: torch.Tensor) -> None:
+    layer.eval()
+    with torch.no_grad():
+        layer(x, mask)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="SASRec,FLAME")
@@ -135,6 +171,12 @@ def main() -> None:
     parser.add_argument(
         "--eval", action="store_true", help="also time SASRec's full_sort_predict (eval mode)"
     )
+    parser.add_argument(
+        "--core_lengths",
+        default="",
+        help="also time the attention sublayer alone at these L (e.g. 25,50,100,200)",
+    )
+    parser.add_argument("--core_reps", type=int, default=21)
     parser.add_argument("--out", default="benchmarks/results/attention_impl.json")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -159,10 +201,15 @@ def main() -> None:
         rows.append(row)
         report["results"].append({**dict(zip(headers, row, strict=True)), **result})
         print(dict(zip(headers, row, strict=True)), flush=True)
+        if args.out:  # after every row, so a run stopped early keeps what it measured
+            write_json(args.out, {**report, "wall_seconds": time.perf_counter() - start})
 
     for threads in [int(v) for v in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        for model_name in args.models.split(","):
+        if args.core_lengths:
+            lengths = [int(v) for v in args.core_lengths.split(",")]
+            core_timings(lengths, args.batch, args.core_reps, record)
+        for model_name in filter(None, args.models.split(",")):
             for length in [int(v) for v in args.lengths.split(",")]:
                 data = batch(length, args.batch, args.items)
                 for dropout in [float(v) for v in args.dropouts.split(",")]:
