@@ -126,26 +126,33 @@ def full_sort(model, data) -> None:
         model.full_sort_predict(data)
 
 
-def core_timings(lengths: list[int], size: int, reps: int, record) -> None:
+def core_timings(lengths: list[int], size: int, reps: int, dropouts: list[float], record) -> None:
     """The attention sublayer alone (a RecBole ``MultiHeadAttention``, d = 64, 2 heads, no
-    dropout): forward + backward in train mode, and forward in eval mode, on a causal mask of
-    right-padded sequences. Everything else in a step is the same code for both, so this is
-    where the difference is, with less noise than a whole step."""
+    output dropout): forward + backward in train mode at each attention dropout, and forward in
+    eval mode, on a causal mask of right-padded sequences. Everything else in a step is the same
+    code for both, so this is where the difference is, with less noise than a whole step."""
+    threads = torch.get_num_threads()
     for length in lengths:
-        torch.manual_seed(0)
-        layers = {impl: MultiHeadAttention(2, 64, 0.0, 0.0, 1e-12) for impl in IMPLS}
-        layers["sdpa"].load_state_dict(layers["recbole"].state_dict())
-        set_attention_impl(layers["sdpa"], "sdpa")
         items = batch(length, size, 100)["item_id_list"]
         mask = RecBoleSASRec.get_attention_mask(None, items)
         x = torch.randn(size, length, 64, requires_grad=True)
-        threads = torch.get_num_threads()
-        for what, fn in (("attention fwd+bwd", _core_train), ("attention eval fwd", _core_eval)):
-            result = measure(
-                {impl: lambda i, m=m, f=fn, x=x, k=mask: f(m, x, k) for impl, m in layers.items()},
-                reps,
-            )
-            record(["MultiHeadAttention", threads, length, 0.0, what], result)
+        for dropout in dropouts:
+            torch.manual_seed(0)
+            layers = {impl: MultiHeadAttention(2, 64, 0.0, dropout, 1e-12) for impl in IMPLS}
+            layers["sdpa"].load_state_dict(layers["recbole"].state_dict())
+            set_attention_impl(layers["sdpa"], "sdpa")
+            cases = [("attention fwd+bwd", _core_train)]
+            if dropout == 0:  # eval mode has no dropout: once per L
+                cases.append(("attention eval fwd", _core_eval))
+            for what, fn in cases:
+                result = measure(
+                    {
+                        impl: lambda i, m=m, f=fn, x=x, k=mask: f(m, x, k)
+                        for impl, m in layers.items()
+                    },
+                    reps,
+                )
+                record(["MultiHeadAttention", threads, length, dropout, what], result)
 
 
 def _core_train(layer: MultiHeadAttention, x: torch.Tensor, mask: torch.Tensor) -> None:
@@ -208,7 +215,8 @@ def main() -> None:
         torch.set_num_threads(threads)
         if args.core_lengths:
             lengths = [int(v) for v in args.core_lengths.split(",")]
-            core_timings(lengths, args.batch, args.core_reps, record)
+            dropouts = [float(v) for v in args.dropouts.split(",")]
+            core_timings(lengths, args.batch, args.core_reps, dropouts, record)
         for model_name in filter(None, args.models.split(",")):
             for length in [int(v) for v in args.lengths.split(",")]:
                 data = batch(length, args.batch, args.items)
