@@ -346,15 +346,30 @@ def _dropped_probabilities(layer: TransformerLayer, draws: int, p: float) -> tup
     return probs, contexts[1][:, :, :head_size]
 
 
+def _count_sdpa_calls(monkeypatch) -> list:
+    """Patch SDPA to record the ``dropout_p`` of every call; returns the record."""
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("dropout_p"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    return calls
+
+
 @pytest.mark.parametrize("impl", ["recbole", "sdpa"])
-def test_attention_dropout_is_recbole_distribution(impl):
+def test_attention_dropout_is_recbole_distribution(impl, monkeypatch):
     """Each attention probability is kept with probability 1 - p and then scaled by 1 / (1 - p),
     independently: RecBole's ``nn.Dropout`` on the probabilities. ``recbole`` is the control."""
     p, draws = 0.5, 4000
     torch.manual_seed(0)
     layer = TransformerLayer(2, 32, 64, 0.0, p, "gelu", 1e-12)
     set_attention_impl(layer, impl)
+    calls = _count_sdpa_calls(monkeypatch)
     probs, dropped = _dropped_probabilities(layer, draws, p)
+    assert calls == ([0.0, p] if impl == "sdpa" else [])  # eval, then train with dropout
     live = probs > 0  # causal: the upper triangle is exactly 0 in both
     assert torch.equal(live, torch.ones_like(live).tril().bool())
     kept = dropped != 0
@@ -406,14 +421,7 @@ def test_auto_keeps_recbole_draws_under_dropout_and_sdpa_without(monkeypatch):
         ours = fast(x, mask)
     assert torch.equal(ours, theirs)  # RecBole's code and random draws: seeded runs unchanged
     ref.eval(), fast.eval()
-    calls = []
-    original = torch.nn.functional.scaled_dot_product_attention
-
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get("dropout_p"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    calls = _count_sdpa_calls(monkeypatch)
     with torch.no_grad():
         torch.testing.assert_close(fast(x, mask), ref(x, mask), atol=ATOL, rtol=0)
     assert calls == [0.0]  # eval: SDPA, no dropout

@@ -7,21 +7,33 @@ same state_dict names, the same projections, output dropout and LayerNorm; only 
 
 Exactness: RecBole's mask is additive (0 on kept keys, -10000.0 on masked ones) and SDPA adds a
 float ``attn_mask`` to the scaled scores before its softmax, so the outputs agree up to float
-rounding, at every query row, for any B x 1 x l x l (or broadcastable) mask, including FLAME's
-tiled 2L x 2L masks and rows whose keys are all masked (RecBole then softmaxes the raw scores,
-as every key carries the same -10000; SDPA does the same sum). With attention dropout in
-training, SDPA drops probabilities with the same ``p`` and the same 1 / (1 - p) rescaling, so the
-output has the same distribution, though not the same random draws.
+rounding (1e-5 in float32, tested), at every query row, for any B x 1 x l x l (or broadcastable)
+mask, including FLAME's tiled 2L x 2L and stacked masks. That holds too in "blind" rows, whose
+keys are all masked: RecBole then softmaxes the raw scores (every key carries the same -10000, so
+it is not a uniform softmax), and so does SDPA. Gradients agree to 1e-5 (of their scale) wherever
+no blind row's output is used, which is everywhere in SASRec and FLAME: a non-empty right-padded
+sequence has a real item at step 0 that every query sees, and a blind row elsewhere is a padding
+step whose output is discarded. Through a *used* blind row neither is exact (float32 holds
+s - 10000 to 2^-10 only): RecBole's gradients there are ~1e-4 off float64's, SDPA's up to ~3x that.
 
-Implementations (config key ``attention_impl``):
+With attention dropout in training, SDPA drops probabilities with the same ``p`` and the same
+1 / (1 - p) rescaling, each independently, so the output has RecBole's distribution (tested),
+though not its random draws.
+
+Implementations (config key ``attention_impl``, default ``auto``):
 
 * ``recbole``: RecBole's own code, untouched.
 * ``sdpa``: SDPA everywhere, attention dropout included.
-* ``auto`` (the default): SDPA except in training with attention dropout on, where RecBole's
-  code runs. On CPU (torch 2.13) SDPA's fused kernel has no dropout and falls back to its own
-  unfused math path, which measured no faster than RecBole's (``benchmarks/attention_impl.py``);
-  RecBole's code there also keeps the random draws, and so a seeded run's numbers, of RecBole.
-  Without dropout (evaluation, or ``attn_dropout_prob: 0``) the fused kernel is faster.
+* ``auto``: SDPA except in training with attention dropout on, where RecBole's code runs.
+
+Why (``benchmarks/attention_impl.py``, README "Attention"; CPU, torch 2.13, 1 thread, batch 256,
+d = 64): without dropout, SDPA's fused CPU kernel is faster (the attention sublayer's forward +
+backward 0.88x RecBole's at L = 50, 0.42x at L = 200; a SASRec training step 0.74x and full-sort
+inference 0.65x at L = 200; at L = 50 attention is a small part of a step, which is then equal
+within noise). With dropout the fused kernel does not apply and SDPA runs its unfused math path,
+no faster than RecBole's (a FLAME step 1.10x at L = 50, a SASRec step 0.96-1.00x at L = 50 and
+200); RecBole's code there also keeps RecBole's random draws, so a seeded run gives RecBole's
+numbers. Timed on CPU only: on a GPU ``sdpa`` may be the faster choice with dropout too.
 """
 
 from __future__ import annotations
