@@ -19,11 +19,12 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(
+def interleaved_samples(
     fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 2
-) -> dict[str, float]:
-    """Median seconds per call of each function, calling them in turn (a, b, a, b, ...) so
-    that load on a shared machine hits all of them alike. ``fn(i)`` gets the repetition index."""
+) -> dict[str, list[float]]:
+    """Seconds of each of ``n`` calls of each function, calling them in turn (a, b, a, b, ...)
+    so that load on a shared machine hits all of them alike. ``fn(i)`` gets the repetition
+    index. Sample i of every function comes from the same round, so ratios can be paired."""
     for i in range(warmup):
         for fn in fns.values():
             fn(i)
@@ -31,6 +32,14 @@ def interleaved_medians(
     for i in range(n):
         for name, fn in fns.items():
             samples[name].append(timed(lambda fn=fn, i=i: fn(i)))
+    return samples
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds per call of each function, timed by :func:`interleaved_samples`."""
+    samples = interleaved_samples(fns, n, warmup)
     return {name: statistics.median(vals) for name, vals in samples.items()}
 
 

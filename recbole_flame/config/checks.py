@@ -540,6 +540,7 @@ RULES: dict[str, Rule] = {
     "position_alignment": one_of(*POSITION_ALIGNMENTS),
     "history_limit": integer(none=True),
     "eval_exclude_history": boolean(),
+    "attention_impl": one_of("auto", "sdpa", "recbole"),
     # FLAME
     "path_mixing": one_of("tiled", "independent", models=_FLAME),
     "module_split": one_of("embedding_encoder", "per_block", models=_FLAME),

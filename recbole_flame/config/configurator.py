@@ -204,6 +204,7 @@ class Config(RecBoleConfig):
         # sorts by. Load every column of its atomic files instead, unless the user chose.
         if "load_col" not in self.external_config_dict and not dataset_yaml_files(self.dataset):
             final["load_col"] = None
+        final.setdefault("attention_impl", "auto")  # SASRec/FLAME: see model/layers/attention.py
         return final
 
     def _our_yaml_sets(self, key: str) -> bool:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
+from recbole_flame.model.layers.attention import set_attention_impl
 from recbole_flame.model.layers.fast import use_fast_dropout, use_fused_activation
 from recbole_flame.model.layers.sequence import dense_targets, position_ids, trim_batch
 
@@ -44,6 +45,8 @@ class SASRec(RecBoleSASRec):
         self.position_alignment = config["position_alignment"] or "start"
         use_fast_dropout(self)  # same distribution, cheaper masks on CPU
         use_fused_activation(self.trm_encoder, config["hidden_act"])  # same function, one kernel
+        # Same weights and names; SDPA where it is exact and faster (see layers/attention.py).
+        set_attention_impl(self.trm_encoder, config["attention_impl"] or "auto")
 
     @classmethod
     def dense_training_error(cls, config) -> str | None:
