@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from recbole_flame.data.dense import DENSE_WINDOWS
 from recbole_flame.model.layers.sequence import POSITION_ALIGNMENTS, TRAIN_MODES
 from recbole_flame.utils.errors import ConfigError
 
@@ -537,6 +538,7 @@ RULES: dict[str, Rule] = {
     "initializer_range": number(strict=False),
     # this package: every sequential model
     "train_mode": one_of(*TRAIN_MODES),
+    "dense_windows": one_of(*DENSE_WINDOWS),
     "position_alignment": one_of(*POSITION_ALIGNMENTS),
     "history_limit": integer(none=True),
     "eval_exclude_history": boolean(),
