@@ -418,12 +418,16 @@ def test_guide_and_balance_losses_by_hand(two_by_two):
 def test_flops_by_hand(two_by_two):
     # route h=8, l=2, e=4 over L=5 steps and N=10 items:
     # position add 5*4 = 20; input projection 2*5*4*8 = 320;
-    # per block: Q, K, V, O 4 * 2*5*8*8 = 2560; scores + weighted sum 2 * 2*5*5*8 = 800;
+    # block 1: Q, K, V, O 4 * 2*5*8*8 = 2560; scores + weighted sum 2 * 2*5*5*8 = 800;
     #   FFN 8 -> 32 -> 8: 2 * 2*5*8*32 = 5120; block = 8480;
-    # output over all items 2*8*10 = 160; total 20 + 320 + 2*8480 + 160 = 17460.
-    assert route_flops((8, 2, 4), 5, 10) == 17460
-    # With the supernet's FFN (inner 64): FFN 2 * 2*5*8*64 = 10240, block 13600 -> 27700.
-    assert route_flops((8, 2, 4), 5, 10, inner=64) == 27700
+    # block 2 (only the last step's output is read): K, V 2 * 2*5*8*8 = 1280; Q, O at one
+    #   step 2 * 2*8*8 = 256; one query's scores + weighted sum 2 * 2*5*8 = 160; FFN at one
+    #   step 2 * 2*8*32 = 1024; block = 2720;
+    # output over all items 2*8*10 = 160; total 20 + 320 + 8480 + 2720 + 160 = 11700.
+    assert route_flops((8, 2, 4), 5, 10) == 11700
+    # With the supernet's FFN (inner 64): FFN 10240 in block 1 (13600), 2048 in block 2
+    # (3744): 20 + 320 + 13600 + 3744 + 160 = 17844.
+    assert route_flops((8, 2, 4), 5, 10, inner=64) == 17844
     model = two_by_two
     length, n = model.max_seq_length, model.n_items
     assert model.ffn_width == "full"
@@ -439,12 +443,27 @@ def test_flops_ratio_counts_the_router(data_root, tmp_path):
     _, model, _, _ = prepare_in(tmp_path, "CANet", _config(data_root, ffn_width="route"))
     full = route_flops(model.full_route, 10, model.n_items)
     small = route_flops(model.smallest_route, 10, model.n_items)
-    # router: width 8, FFN 16, one block, 2*2*2 = 8 routes: 8*10*64 + 4*100*8 + 4*10*8*16 + 2*8*8
-    router = 5120 + 3200 + 5120 + 128
+    # router: width 8, FFN 16, one block read at the last step, 2*2*2 = 8 routes:
+    # K, V 4*10*64; Q, O 4*64; one query's attention 4*10*8; FFN 4*8*16; head 2*8*8
+    router = 2560 + 256 + 320 + 512 + 128
     assert model.router_cost == router
     counts = Counter({model.full_route: 1, model.smallest_route: 3})
     expected = (full + 3 * small + 4 * router) / 4 / full
     assert model.flops_ratio(counts) == pytest.approx(expected)
+
+
+def test_router_equals_recboles_encoder_at_the_last_step(canet):
+    _, model, _ = canet
+    alignment = model.position_alignment
+    positions = torch.stack(
+        [torch.arange(10) + (10 - n if alignment == "end" else 0) for n in LENGTHS.tolist()]
+    ).clamp(max=9)
+    with torch.no_grad():
+        x = model.router_item_embedding(SEQ) + model.router_position_embedding(positions)
+        x = model.router_encoder(model.router_norm(x), model.get_attention_mask(SEQ))[-1]
+        expected = model.router_head(x[[0, 1], LENGTHS - 1])
+        got = model.router_logits(SEQ, LENGTHS)
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_pair_neighbours_are_one_step_in_one_dimension(two_by_two):

@@ -117,16 +117,24 @@ def block_flops(length: int, width: int, inner: int) -> int:
     return 8 * length * width * width + 4 * length * length * width + 4 * length * width * inner
 
 
+def last_block_flops(length: int, width: int, inner: int) -> int:
+    """A model's last block where only the last step's output is needed: keys and values at
+    every step, the query, attention output and FFN at the last step only."""
+    return 4 * length * width * width + 4 * width * width + 4 * length * width + 4 * width * inner
+
+
 def route_flops(route: Route, length: int, n_items: int, inner: int | None = None) -> int:
-    """Analytic FLOPs of one route for one sequence of ``length`` steps, scoring all items;
-    ``inner`` is the FFN width (default 4h)."""
+    """Analytic FLOPs of scoring all items for one sequence of ``length`` steps with one
+    route, as inference runs it (the last block at the last step only); ``inner`` is the FFN
+    width (default 4h)."""
     hidden, layers, emb = route
     inner = 4 * hidden if inner is None else inner
     # The lookups are free; adding the position embedding is one add per step and dim.
     return (
         length * emb
         + 2 * length * emb * hidden
-        + layers * block_flops(length, hidden, inner)
+        + (layers - 1) * block_flops(length, hidden, inner)
+        + last_block_flops(length, hidden, inner)
         + 2 * hidden * n_items
     )
 
@@ -216,17 +224,42 @@ class SupernetBlock(nn.Module):
         }
 
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Causal attention over right-padded rows: a real step's keys are all real, so no
+        padding mask is needed there (padded steps' outputs are never read). ``keys`` (B x 1
+        x 1 x L, bool): the keys a single query step may see instead."""
         p = self.dropout.p if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keys, dropout_p=p, is_causal=keys is None, scale=scale
+        )
 
-    def run(self, x: torch.Tensor, mask: torch.Tensor, w: Weights, scale: float) -> torch.Tensor:
-        """The block sliced to ``x``'s width with the route's weights ``w``."""
+    def run(
+        self, x: torch.Tensor, w: Weights, scale: float, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The block sliced to ``x``'s width with the route's weights ``w``: every step's
+        output (B x l x h), or with ``last`` (each row's last real step) that step's only
+        (B x 1 x h: keys and values still come from every step)."""
         b, length, width = x.shape
-        qkv = F.linear(x, w["qkv_w"], w["qkv_b"]).view(b, length, 3, self.n_heads, -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        context = self._attend(q, k, v, mask, scale).transpose(1, 2).reshape(b, length, width)
+        heads = self.n_heads
+        if last is None:
+            qkv = F.linear(x, w["qkv_w"], w["qkv_b"]).view(b, length, 3, heads, -1)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            keys, steps = None, length
+        else:
+            kv = F.linear(x, w["qkv_w"][width:], w["qkv_b"][width:]).view(b, length, 2, heads, -1)
+            k, v = kv.permute(2, 0, 3, 1, 4)
+            x = x[torch.arange(b, device=x.device), last].unsqueeze(1)
+            q = F.linear(x, w["qkv_w"][:width], w["qkv_b"][:width]).view(b, 1, heads, -1)
+            q = q.transpose(1, 2)
+            keys = (torch.arange(length, device=x.device) <= last[:, None])[:, None, None, :]
+            steps = 1
+        context = self._attend(q, k, v, scale, keys).transpose(1, 2).reshape(b, steps, width)
         attended = F.linear(context, w["out_w"], w["out_b"])
         x = F.layer_norm(
             x + self.dropout(self.scale_attn * attended),
@@ -245,12 +278,7 @@ class SupernetBlock(nn.Module):
             self.eps,
         )
 
-    def gated(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor,
-        gates: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
+    def gated(self, x: torch.Tensor, gates: dict[str, torch.Tensor]) -> torch.Tensor:
         """The block at full width for rows whose route is given by straight-through masks
         (``gates``: ``hidden``, ``heads``, ``inner`` or None, all B x dims; ``keep``: the hard
         hidden mask; ``scale``: B attention scales). In value, a row's output equals
@@ -265,7 +293,7 @@ class SupernetBlock(nn.Module):
             for lin in (self.query, self.key, self.value)
         )
         q = q * gates["scale"][:, None, None, None]  # each row's own scale; SDPA's is 1
-        context = self._attend(q, k, v, mask, 1.0).transpose(1, 2).reshape(b, length, -1)
+        context = self._attend(q, k, v, 1.0).transpose(1, 2).reshape(b, length, -1)
         # Outputs beyond a row's width are junk here; its LayerNorm keeps only its first h dims.
         attended = self.out(context)
         keep = gates["keep"]
@@ -346,15 +374,20 @@ class CANet(SequentialRecommender):
         self.router_head = nn.Linear(rw, len(self.routes))
 
         self.route_index = {r: i for i, r in enumerate(self.routes)}
+        self.register_buffer("route_table", torch.tensor(self.routes), persistent=False)
         self.full_flops = self.flops_of(self.full_route)
-        self.router_cost = config["router_n_layers"] * block_flops(
-            self.max_seq_length, rw, config["router_inner_size"]
-        ) + 2 * rw * len(self.routes)
+        length, inner = self.max_seq_length, config["router_inner_size"]
+        self.router_cost = (
+            (config["router_n_layers"] - 1) * block_flops(length, rw, inner)
+            + last_block_flops(length, rw, inner)
+            + 2 * rw * len(self.routes)
+        )
         self.route_counts: Counter[Route] = Counter()  # routes taken in evaluation
         self._register_route_tables()
         self._weights_cache: dict[tuple, Weights] = {}
         self._cache_stamp: tuple[int, ...] | None = None
         self._bypass_cache = False  # the guide's eval-mode pass inside a training step
+        self._stamp_checked = False  # within one forward the parameters do not change
         self.reset_train_route_stats()
         self.apply(self._init_weights)
         for block in self.blocks:  # ~0 residual scales, not the Linear init
@@ -472,7 +505,11 @@ class CANet(SequentialRecommender):
 
     def route_scale(self, route: Route) -> float:
         """The route's attention score scale."""
-        width = self.hiddens[-1] if self.attention_scale == "full" else route[0]
+        return self.width_scale(route[0])
+
+    def width_scale(self, hidden: int) -> float:
+        """The attention score scale at width ``hidden``."""
+        width = self.hiddens[-1] if self.attention_scale == "full" else hidden
         return (width // self.n_heads) ** -0.5
 
     def flops_of(self, route: Route) -> int:
@@ -480,8 +517,14 @@ class CANet(SequentialRecommender):
         return route_flops(route, self.max_seq_length, self.n_items, inner)
 
     def _piece(self, key: tuple) -> Weights:
-        """One shareable part of a route's sliced weights: ``("in", h, e)``, ``("out", h)``
-        or ``("block", i, h)`` (views of the parameters)."""
+        """One shareable part of a route's sliced weights: ``("emb", e)``, ``("in", h, e)``,
+        ``("out", h)`` or ``("block", i, h)`` (views of the parameters)."""
+        if key[0] == "emb":
+            e = key[1]
+            return {
+                "item": self.item_embedding.weight[:, :e],
+                "pos": self.position_embedding.weight[:, :e],
+            }
         if key[0] == "in":
             _, hidden, emb = key
             lin = self.input_projection
@@ -497,15 +540,20 @@ class CANet(SequentialRecommender):
         Cached per piece, so the 36 routes share 3 output layers, not 36."""
         if self.training or torch.is_grad_enabled() or self._bypass_cache:
             return self._piece(key)
-        stamp = tuple(p._version for p in self.parameters())
-        if stamp != self._cache_stamp:
-            self._weights_cache.clear()
-            self._cache_stamp = stamp
+        if not self._stamp_checked:
+            self._check_stamp()
         cached = self._weights_cache.get(key)
         if cached is None:
             cached = {k: v.contiguous() for k, v in self._piece(key).items()}
             self._weights_cache[key] = cached
         return cached
+
+    def _check_stamp(self) -> None:
+        """Empty the cache if a parameter changed in place since it was filled."""
+        stamp = tuple(p._version for p in self.parameters())
+        if stamp != self._cache_stamp:
+            self._weights_cache.clear()
+            self._cache_stamp = stamp
 
     def train(self, mode: bool = True) -> CANet:
         self._weights_cache.clear()
@@ -525,60 +573,146 @@ class CANet(SequentialRecommender):
         return self.item_embedding(item_seq) + self.position_embedding(positions)
 
     def route_hidden(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, route: Route
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        route: Route,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """The route's last block output at every step (B x l x h)."""
+        """The route's last block output at every step (B x l x h), or with ``last_only`` at
+        each row's last real step (B x h; the last block then runs its query, attention
+        output and FFN at that step only)."""
         hidden, layers, emb = route
+        e = self._weights(("emb", emb))
+        positions = self._positions(item_seq, item_seq_len)
+        x = F.embedding(item_seq, e["item"]) + F.embedding(positions, e["pos"])
         w = self._weights(("in", hidden, emb))
-        x = F.linear(self._embed(item_seq, item_seq_len)[..., :emb], w["w"], w["b"])
-        mask = self.get_attention_mask(item_seq)
+        x = F.linear(x, w["w"], w["b"])
         scale = self.route_scale(route)
         for i, block in enumerate(self.blocks[:layers]):
-            x = block.run(x, mask, self._weights(("block", i, hidden)), scale)
-        return x
+            last = item_seq_len - 1 if last_only and i == layers - 1 else None
+            x = block.run(x, self._weights(("block", i, hidden)), scale, last)
+        return x.squeeze(1) if last_only else x
 
     def route_output(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, route: Route
     ) -> torch.Tensor:
         """The route's hidden state at each sequence's last real step (B x h)."""
-        hidden = self.route_hidden(item_seq, item_seq_len, route)
-        return self.gather_indexes(hidden, item_seq_len - 1)
+        return self.route_hidden(item_seq, item_seq_len, route, last_only=True)
 
-    def score_hidden(self, hidden: torch.Tensor, route: Route) -> torch.Tensor:
-        """Scores of all items from the route's hidden states (... x N)."""
-        w = self._weights(("out", route[0]))
+    def score_hidden(self, hidden: torch.Tensor, width: int) -> torch.Tensor:
+        """Scores of all items from hidden states of a width-``width`` route (... x N)."""
+        w = self._weights(("out", width))
         return F.linear(hidden, w["w"], w["b"])
 
     def route_scores(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, route: Route
     ) -> torch.Tensor:
         """The route's scores of all items at the last real step (B x N)."""
-        return self.score_hidden(self.route_output(item_seq, item_seq_len, route), route)
+        return self.score_hidden(self.route_output(item_seq, item_seq_len, route), route[0])
 
     def grouped_scores(
         self,
         item_seq: torch.Tensor,
         item_seq_len: torch.Tensor,
         index: torch.Tensor,
-        steps: torch.Tensor,
+        steps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores at the ``steps`` (B x l mask; rows in order, steps in order within a row),
-        each row by its own route ``index``, each route run once on its rows cut to their
-        longest sequence (n_steps x N)."""
-        step_id = torch.full_like(item_seq, -1)
-        step_id[steps] = torch.arange(int(steps.sum()), device=item_seq.device)
-        scores = self.output_layer.weight.new_empty((int(steps.sum()), self.n_items))
-        for r in index.unique().tolist():
-            rows = (index == r).nonzero(as_tuple=True)[0]
+        """Each row's scores by its own route ``index``: at each row's last real step (B x N,
+        see :meth:`last_step_scores`), or at the ``steps`` (a B x l mask; n_steps x N, rows
+        in order, steps in order within a row), each route run once on its rows cut to their
+        longest sequence."""
+        if not self.training:
+            counts = index.bincount(minlength=len(self.routes)).tolist()
+            self.route_counts.update({r: n for r, n in zip(self.routes, counts, strict=True) if n})
+        if steps is None:
+            return self.last_step_scores(item_seq, item_seq_len, index)
+        rows_out = torch.full_like(item_seq, -1)
+        rows_out[steps] = torch.arange(int(steps.sum()), device=item_seq.device)
+        routes = index.unique().tolist()
+        scores = None
+        for r in routes:
             route = self.routes[r]
+            rows = (index == r).nonzero(as_tuple=True)[0] if len(routes) > 1 else slice(None)
             lengths = item_seq_len[rows]
             longest = int(lengths.max())
-            hidden = self.route_hidden(item_seq[rows, :longest], lengths, route)
             picked = steps[rows, :longest]
-            scores[step_id[rows, :longest][picked]] = self.score_hidden(hidden[picked], route)
-            if not self.training:
-                self.route_counts[route] += rows.numel()
+            hidden = self.route_hidden(item_seq[rows, :longest], lengths, route)[picked]
+            group = self.score_hidden(hidden, route[0])
+            if len(routes) == 1:
+                return group
+            if scores is None:
+                scores = group.new_empty((int(rows_out.max()) + 1, self.n_items))
+            scores[rows_out[rows, :longest][picked]] = group
         return scores
+
+    def last_step_scores(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """Each row's scores at its last real step by its own route (B x N), batched by
+        width: routes of one width share every block and the output layer, so their rows
+        run together, sorted by depth (deepest first) so that the rows still going deeper
+        are a leading slice; each depth's rows finish with the last-step-only block. Cut
+        to the longest sequence of the rows still running. Equal to :meth:`route_scores`
+        of each row's route."""
+        table = self.route_table[index]  # B x (h, l, e)
+        scores = None
+        widths = table[:, 0].unique().tolist()
+        for hidden in widths:
+            rows = (table[:, 0] == hidden).nonzero(as_tuple=True)[0]
+            depth, emb = table[rows, 1], table[rows, 2]
+            # deepest first, longest first within a depth: the rows left are a prefix
+            order = torch.argsort(
+                depth * (item_seq.size(1) + 1) + item_seq_len[rows], descending=True
+            )
+            rows, depth, emb = rows[order], depth[order], emb[order]
+            lengths = item_seq_len[rows]
+            seq = item_seq[rows, : int(lengths.max())]
+            x = self.route_inputs(seq, lengths, hidden, emb)
+            out = x.new_empty((rows.numel(), hidden))
+            scale = self.width_scale(hidden)
+            going = rows.numel()
+            for i, block in enumerate(self.blocks[: int(depth[0])]):
+                w = self._weights(("block", i, hidden))
+                staying = int((depth[:going] > i + 1).sum())
+                if staying < going:  # rows whose route ends with this block
+                    part = slice(staying, going)
+                    longest = int(lengths[part].max())
+                    last = block.run(x[part, :longest], w, scale, lengths[part] - 1)
+                    out[part] = last.squeeze(1)
+                if staying:
+                    longest = int(lengths[:staying].max())
+                    x = block.run(x[:staying, :longest], w, scale)
+                going = staying
+            group = self.score_hidden(out, hidden)
+            if len(widths) == 1 and bool((order == torch.arange(len(order))).all()):
+                return group
+            if scores is None:
+                scores = group.new_empty((item_seq.size(0), self.n_items))
+            scores[rows] = group
+        return scores
+
+    def route_inputs(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, hidden: int, emb: torch.Tensor
+    ) -> torch.Tensor:
+        """Embeddings (each row's first ``emb`` dims) projected to ``hidden`` (B x l x h)."""
+        positions = self._positions(item_seq, item_seq_len)
+        sizes = emb.unique().tolist()
+        x = None
+        for e in sizes:
+            rows = (emb == e).nonzero(as_tuple=True)[0] if len(sizes) > 1 else slice(None)
+            table = self._weights(("emb", e))
+            w = self._weights(("in", hidden, e))
+            part = F.embedding(item_seq[rows], table["item"]) + F.embedding(
+                positions[rows] if positions.size(0) > 1 else positions, table["pos"]
+            )
+            part = F.linear(part, w["w"], w["b"])
+            if len(sizes) == 1:
+                return part
+            if x is None:
+                x = part.new_empty((item_seq.size(0), item_seq.size(1), hidden))
+            x[rows] = part
+        return x
 
     # --- the gated network (router_gradient: gate) -----------------------------------------
     def gated_hidden(
@@ -597,10 +731,9 @@ class CANet(SequentialRecommender):
         }
         x = self._embed(item_seq, item_seq_len) * (choice @ self.gate_emb)[:, None, :]
         x = self.input_projection(x) * gates["hidden"][:, None, :]
-        mask = self.get_attention_mask(item_seq)
         depth = choice @ self.gate_depth
         for i, block in enumerate(self.blocks):
-            new = block.gated(x, mask, gates)
+            new = block.gated(x, gates)
             # Blocks every route runs need no depth gate (its value and gradient are 1 and 0).
             x = new if i < self.depths[0] else x + depth[:, i, None, None] * (new - x)
         return x
@@ -614,11 +747,36 @@ class CANet(SequentialRecommender):
 
     # --- the router -------------------------------------------------------------------------
     def router_logits(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """One logit per route from the router's state at each row's last real step. Its
+        last layer runs the query, attention output and FFN at that step only (the value of
+        RecBole's encoder there, dropout included)."""
         positions = self._positions(item_seq, item_seq_len)
         x = self.router_item_embedding(item_seq) + self.router_position_embedding(positions)
         x = self.router_dropout(self.router_norm(x))
-        x = self.router_encoder(x, self.get_attention_mask(item_seq))[-1]
-        return self.router_head(self.gather_indexes(x, item_seq_len - 1))
+        layers = self.router_encoder.layer
+        if len(layers) > 1:
+            mask = self.get_attention_mask(item_seq)
+            for layer in layers[:-1]:
+                x = layer(x, mask)
+        return self.router_head(self._router_last_layer(layers[-1], x, item_seq_len - 1))
+
+    def _router_last_layer(
+        self, layer: nn.Module, x: torch.Tensor, last: torch.Tensor
+    ) -> torch.Tensor:
+        att, ffn = layer.multi_head_attention, layer.feed_forward
+        b, length, _ = x.shape
+        heads = att.num_attention_heads
+        k, v = (lin(x).view(b, length, heads, -1).transpose(1, 2) for lin in (att.key, att.value))
+        x_last = x[torch.arange(b, device=x.device), last]
+        q = att.query(x_last).view(b, heads, 1, -1)
+        keys = (torch.arange(length, device=x.device) <= last[:, None])[:, None, None, :]
+        p = att.attn_dropout.p if self.training else 0.0
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keys, dropout_p=p, scale=1.0 / att.sqrt_attention_head_size
+        ).reshape(b, -1)
+        h = att.LayerNorm(att.out_dropout(att.dense(context)) + x_last)
+        fed = ffn.dropout(ffn.dense_2(ffn.intermediate_act_fn(ffn.dense_1(h))))
+        return ffn.LayerNorm(fed + h)
 
     def reset_train_route_stats(self) -> None:
         """Start counting the routes sampled in training (and the router's mean entropy)."""
@@ -691,32 +849,36 @@ class CANet(SequentialRecommender):
 
     def training_steps(
         self, interaction
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(item_seq, item_seq_len, steps mask B x l, targets at those steps): every real
-        step in dense mode, the last real step in prefix mode."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(item_seq, item_seq_len, steps, targets at the scored steps, each scored step's
+        row): in dense mode every real step (``steps``: the B x l mask), in prefix mode the
+        last real step (``steps`` None)."""
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         pos = interaction[self.POS_ITEM_ID]
         if self.dense:
             targets, steps = dense_targets(item_seq, item_seq_len, pos)
-            return item_seq, item_seq_len, steps, targets[steps]
-        steps = torch.zeros_like(item_seq, dtype=torch.bool)
-        steps[torch.arange(item_seq.size(0), device=item_seq.device), item_seq_len - 1] = True
-        return item_seq, item_seq_len, steps, pos
+            row = steps.nonzero(as_tuple=True)[0]
+            return item_seq, item_seq_len, steps, targets[steps], row
+        row = torch.arange(item_seq.size(0), device=item_seq.device)
+        return item_seq, item_seq_len, None, pos, row
 
     def calculate_loss(self, interaction) -> torch.Tensor | tuple[torch.Tensor, ...]:
         interaction = trim_batch(interaction, self.ITEM_SEQ_LEN, self.list_suffix)
-        item_seq, item_seq_len, steps, targets = self.training_steps(interaction)
+        item_seq, item_seq_len, steps, targets, row = self.training_steps(interaction)
         if self.fixed_route is not None:
             index = item_seq.new_full((item_seq.size(0),), self.route_index[self.fixed_route])
             scores = self.grouped_scores(item_seq, item_seq_len, index, steps)
             return F.cross_entropy(scores, targets)
         logits = self.router_logits(item_seq, item_seq_len)
-        row = steps.nonzero(as_tuple=True)[0]  # each scored step's row
         if self.router_gradient == "gate":
             choice = F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)
             index = choice.argmax(dim=-1)
-            hidden = self.gated_hidden(item_seq, item_seq_len, choice)[steps]
+            hidden = self.gated_hidden(item_seq, item_seq_len, choice)
+            if steps is None:
+                hidden = self.gather_indexes(hidden, item_seq_len - 1)
+            else:
+                hidden = hidden[steps]
             scores = self.output_layer(hidden)
         else:
             gumbels = -torch.empty_like(logits).exponential_().log()
@@ -752,13 +914,17 @@ class CANet(SequentialRecommender):
         longest = int(item_seq_len.max())
         item_seq = item_seq[:, :longest]
         route = route or self.fixed_route
-        if route is not None:
-            index = item_seq.new_full((item_seq.size(0),), self.route_index[route])
-        else:
-            index = self.router_logits(item_seq, item_seq_len).argmax(dim=-1)
-        steps = torch.zeros_like(item_seq, dtype=torch.bool)
-        steps[torch.arange(item_seq.size(0), device=item_seq.device), item_seq_len - 1] = True
-        return self.grouped_scores(item_seq, item_seq_len, index, steps)
+        if not (self.training or torch.is_grad_enabled()):
+            self._check_stamp()
+            self._stamp_checked = True
+        try:
+            if route is not None:
+                index = item_seq.new_full((item_seq.size(0),), self.route_index[route])
+            else:
+                index = self.router_logits(item_seq, item_seq_len).argmax(dim=-1)
+            return self.grouped_scores(item_seq, item_seq_len, index)
+        finally:
+            self._stamp_checked = False
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
