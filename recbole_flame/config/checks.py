@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from recbole_flame.data.dense import DENSE_WINDOWS
 from recbole_flame.model.layers.sequence import POSITION_ALIGNMENTS, TRAIN_MODES
 from recbole_flame.utils.errors import ConfigError
 
@@ -537,6 +538,7 @@ RULES: dict[str, Rule] = {
     "initializer_range": number(strict=False),
     # this package: every sequential model
     "train_mode": one_of(*TRAIN_MODES),
+    "dense_windows": one_of(*DENSE_WINDOWS),
     "position_alignment": one_of(*POSITION_ALIGNMENTS),
     "history_limit": integer(none=True),
     "eval_exclude_history": boolean(),
@@ -583,6 +585,11 @@ RULES: dict[str, Rule] = {
     "guide_topk": integer(models=_CANET),
     "balance_loss": one_of("uniform", "batch", models=_CANET),
     "fixed_route": one_of("full", "smallest", none=True, models=_CANET),
+    "router_gradient": one_of("gate", "pair", "picked", models=_CANET),
+    "ffn_width": one_of("full", "route", models=_CANET),
+    "attention_scale": one_of("full", "route", models=_CANET),
+    "guide_form": one_of("raw", "marginal", models=_CANET),
+    "inference_timing_batches": integer(lo=0, models=_CANET),
     # CETNet (base_models and the per-model lists are checked by CETNet.check_config)
     "fusion_space": one_of("prob", "logit", models=_CETNET),
     "detach_fusion_weights": boolean(models=_CETNET),

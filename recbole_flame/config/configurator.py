@@ -196,6 +196,7 @@ class Config(RecBoleConfig):
             final["train_neg_sample_args"] = None
         # Package-wide keys (see properties/overall.yaml of RecBole for the others).
         final.setdefault("train_mode", "prefix")
+        final.setdefault("dense_windows", "all")
         final.setdefault("position_alignment", "start")
         final.setdefault("history_limit", None)
         final.setdefault("eval_exclude_history", False)

@@ -9,6 +9,11 @@ own context after the first). Row ``i`` of a user (target ``s[i+1]``, context le
 ``i - n_i``. Every target is covered exactly once, with at most L items of context; a user with
 at most L + 1 training items keeps one row, whose context for each target is exactly the prefix
 RecBole would have used.
+
+``dense_windows: last`` keeps only each user's last window (its last training row: the L items
+before its last training target, every step predicting the next item). That is the training
+set of the CANet authors' code: one row per user per epoch, so older targets of users with more
+than L + 1 training items are never trained on.
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ from __future__ import annotations
 import numpy as np
 from recbole.data.dataloader import TrainDataLoader
 
+DENSE_WINDOWS = ("all", "last")
 
-def dense_window_rows(user_ids: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+
+def dense_window_rows(
+    user_ids: np.ndarray, lengths: np.ndarray, max_len: int, last_only: bool = False
+) -> np.ndarray:
     """Indices of the rows to keep, in their original order.
 
     ``user_ids`` and ``lengths`` (``item_length``) are the training rows' columns; each user's
     rows must be in time order (RecBole's augmentation and leave-one-out split keep it), which
-    shows as lengths 1, 2, ..., L, L, ... per user and is checked.
+    shows as lengths 1, 2, ..., L, L, ... per user and is checked. ``last_only``: each user's
+    last row alone.
     """
     order = np.argsort(user_ids, kind="stable")
     sorted_users = user_ids[order]
@@ -41,17 +51,21 @@ def dense_window_rows(user_ids: np.ndarray, lengths: np.ndarray, max_len: int) -
         while i > 0:
             keep.append(rows[i - 1])
             i -= min(max_len, i)
+            if last_only:
+                break
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
 def dense_train_dataloader(config, train_data: TrainDataLoader) -> TrainDataLoader:
-    """A training loader over the user windows of ``train_data``'s dataset, with its settings."""
+    """A training loader over the user windows of ``train_data``'s dataset, with its settings
+    (``dense_windows``: ``all`` windows covering every target, or each user's ``last``)."""
     dataset = train_data._dataset
     inter = dataset.inter_feat
     rows = dense_window_rows(
         inter[dataset.uid_field].numpy(),
         inter[config["ITEM_LIST_LENGTH_FIELD"]].numpy(),
         config["MAX_ITEM_LIST_LENGTH"],
+        last_only=(config["dense_windows"] or "all") == "last",
     )
     windows = dataset.copy(inter[rows])
     return type(train_data)(config, windows, train_data._sampler, shuffle=config["shuffle"])

@@ -1,23 +1,78 @@
-"""CANet's trainer: RecBole's, with the routed FLOPs ratio reported beside every evaluation."""
+"""CANet's trainer: the package Trainer, with the routes and the FLOPs they cost on record.
+
+Each training epoch logs the routes the router sampled (histogram entropy, effective number of
+routes, the most used ones, the router's mean per-row entropy) and each validation the routes
+it chose; the run's result gets that history, the test split's route histogram and, after the
+test, the measured inference time of routed scoring against the full route on the same batches.
+"""
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from recbole_flame.model.canet import route_name, route_summary
 from recbole_flame.trainer.trainer import Trainer
+
+
+def interleaved_median_seconds(
+    fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall seconds per call of each function, called in turn (a, b, a, b, ...) so
+    that load on a shared machine hits them alike; ``fn(i)`` gets the repetition index."""
+    for i in range(warmup):
+        for fn in fns.values():
+            fn(i)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(n):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(i)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 class CANetTrainer(Trainer):
     """Adds ``flops_ratio`` (average FLOPs per evaluated user, router included, relative to the
-    full supernet) to each validation and test result; the final result also gets the test
-    split's route histogram. Model selection still reads only ``valid_metric``."""
+    full supernet) to each validation and test result, a per-epoch route history, and the
+    test's route histogram and inference timing to the final result. Model selection still
+    reads only ``valid_metric``."""
 
     def __init__(self, config, model) -> None:
         super().__init__(config, model)
         self.last_routes: dict[str, int] = {}
         self.last_flops_ratio: float | None = None
+        self.route_history: list[dict[str, Any]] = []
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.model.reset_train_route_stats()
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        train = self.model.train_route_stats()
+        self.route_history.append({"epoch": epoch_idx + 1, "train": train})
+        if train["users"]:
+            self.logger.info(
+                f"epoch {epoch_idx + 1} training routes: entropy {train['entropy']} "
+                f"(effective routes {train['perplexity']}, {train['routes_used']} used), "
+                f"router entropy {train['router_entropy']}, top {train['top']}"
+            )
+        return losses
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        valid = route_summary(self.last_routes)
+        valid["counts"] = dict(self.last_routes)
+        valid["flops_ratio"] = self.last_flops_ratio
+        if self.route_history:
+            self.route_history[-1]["valid"] = valid
+        self.logger.info(
+            f"validation routes: entropy {valid['entropy']} (effective routes "
+            f"{valid['perplexity']}, {valid['routes_used']} used), top {valid['top']}"
+        )
+        return score, result
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -34,10 +89,56 @@ class CANetTrainer(Trainer):
             if ratio is not None:
                 result["flops_ratio"] = round(ratio, 4)
             self.last_routes = {
-                "h{}-l{}-e{}".format(*route): n
-                for route, n in sorted(self.model.route_counts.items())
+                route_name(route): n for route, n in sorted(self.model.route_counts.items())
             }
         return result
 
     def result_extras(self) -> dict[str, Any]:
-        return {"flops_ratio": self.last_flops_ratio, "route_counts": dict(self.last_routes)}
+        summary = route_summary(self.last_routes)
+        return {
+            "flops_ratio": self.last_flops_ratio,
+            "route_counts": dict(self.last_routes),
+            "route_entropy": summary["entropy"],
+            "route_perplexity": summary["perplexity"],
+            "routes_used": summary["routes_used"],
+            "top_routes": summary["top"],
+            "route_history": list(self.route_history),
+        }
+
+    def restore_extras(self, extras: dict[str, Any]) -> None:
+        self.route_history = list(extras.get("route_history") or [])
+
+    @torch.no_grad()
+    def after_test(self, valid_data, test_data) -> dict[str, Any]:
+        """Median seconds per test batch of full-sort scoring, routed (router included) and
+        with every user on the full route, interleaved, and their ratio."""
+        n = self.config["inference_timing_batches"]
+        if not n:
+            return {}
+        batches = []
+        for batch in test_data:
+            batches.append(batch[0].to(self.device))
+            if len(batches) == n:
+                break
+        model = self.model.eval()
+        counts = model.route_counts.copy()
+
+        def routed(i: int) -> None:
+            model.full_sort_predict(batches[i % len(batches)])
+
+        def full(i: int) -> None:
+            batch = batches[i % len(batches)]
+            model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], model.full_route)
+
+        times = interleaved_median_seconds({"routed": routed, "full_route": full}, n)
+        model.route_counts.clear()
+        model.route_counts.update(counts)  # timing is not evaluation
+        return {
+            "inference_seconds_per_batch": times,
+            "inference_time_ratio": round(times["routed"] / times["full_route"], 4),
+            "inference_timing": {
+                "batches": len(batches),
+                "batch_size": self.config["eval_batch_size"],
+                "threads": torch.get_num_threads(),
+            },
+        }
