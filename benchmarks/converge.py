@@ -54,12 +54,17 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 
 def dig(result: dict[str, Any], path: str) -> Any:
-    """``result[a][b]...`` for ``path`` ``"a.b..."``, or None where an entry is missing."""
+    """``result[a][b]...`` for ``path`` ``"a.b..."`` (an integer indexes a list), or None where
+    an entry is missing."""
     value: Any = result
     for key in path.split("."):
-        if not isinstance(value, dict) or key not in value:
+        index = int(key) if key.lstrip("-").isdigit() else None
+        if isinstance(value, list) and index is not None and -len(value) <= index < len(value):
+            value = value[index]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
             return None
-        value = value[key]
     return value
 
 

@@ -24,7 +24,7 @@ def _record(auc: float, logloss: float, extra: float | None) -> dict:
         "elapsed_seconds": 2.0,
     }
     if extra is not None:
-        result["diag"] = {"test": {"0:DCNV2": {"auc": extra}}}
+        result["diag"] = {"test": {"base": [{"auc": extra}]}}
     return {"result": result}
 
 
@@ -34,7 +34,7 @@ def test_summary_tabulates_extras_and_paired_differences(tmp_path):
         "dataset: ml-100k\nseeds: [1, 2, 3]\n"
         "runs:\n  A B: {model: CETNet}\n  C: {model: DeepFM}\n"
         "compare: [[A B, C]]\n"
-        "extras: {DCNV2 AUC inside: diag.test.0:DCNV2.auc}\n"
+        "extras: {DCNV2 AUC inside: diag.test.base.0.auc}\n"
     )
     spec = load_spec(spec_file)
     a = [(0.78, 0.55, 0.70), (0.79, 0.54, 0.72), (0.77, 0.56, 0.71)]
@@ -58,6 +58,7 @@ def test_summary_tabulates_extras_and_paired_differences(tmp_path):
 
 
 def test_dig_reads_dotted_paths():
-    result = {"a": {"b": {"0:X": 1.5}}}
-    assert dig(result, "a.b.0:X") == 1.5
-    assert dig(result, "a.c") is None and dig(result, "a.b.0:X.d") is None
+    result = {"a": {"b": [{"x": 1.5}, {"x": 2.5}]}}
+    assert dig(result, "a.b.0.x") == 1.5 and dig(result, "a.b.-1.x") == 2.5
+    assert dig(result, "a.c") is None and dig(result, "a.b.2.x") is None
+    assert dig(result, "a.b.0.x.d") is None

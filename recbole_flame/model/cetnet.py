@@ -163,7 +163,8 @@ def ensemble_diagnostics(
 ) -> dict[str, Any]:
     """What the ensemble does on one split, from every base model's logits [K, N] and the labels
     [N]: the fused, each model's and the plain average's AUC and LogLoss, each model's fusion
-    weight distribution, the pairwise correlation of the logits, and the losses' parts.
+    weight distribution (``base``: one entry per model, in ``names`` order), the pairwise
+    correlation of the logits (``"a~b"``, model positions), and the losses' parts.
 
     ``collab`` is ``collab_weight * sum_k BCE(p_k, p)``; of it, only ``collab_kl``
     (``collab_weight * sum_k KL(p || p_k)``) depends on the models (the rest is the fused p's
@@ -182,7 +183,7 @@ def ensemble_diagnostics(
             "auc": auc_score(probs.mean(0), y),
             "logloss": log_loss(probs.mean(0), y),
         },
-        "base": {},
+        "base": [],
     }
     kl_sum = 0.0
     bce_sum = 0.0
@@ -195,21 +196,26 @@ def ensemble_diagnostics(
                 logits[k].double(), fused.prob.double(), reduction="mean"
             )
         )
-        report["base"][f"{k}:{name}"] = {
-            "auc": auc_score(probs[k], y),
-            "logloss": log_loss(probs[k], y),
-            "weight_mean": float(w.mean()),
-            "weight_std": float(w.std()),
-            "weight_quantiles": {
-                f"q{round(q * 100):02d}": float(v)
-                for q, v in zip(WEIGHT_QUANTILES, np.quantile(w, WEIGHT_QUANTILES), strict=True)
-            },
-            "top_weight_share": float((top == k).mean()),
-            "kl_fused_to_model": kl,
-        }
+        report["base"].append(
+            {
+                "name": name,
+                "auc": auc_score(probs[k], y),
+                "logloss": log_loss(probs[k], y),
+                "weight_mean": float(w.mean()),
+                "weight_std": float(w.std()),
+                "weight_quantiles": {
+                    f"q{round(q * 100):02d}": float(v)
+                    for q, v in zip(
+                        WEIGHT_QUANTILES, np.quantile(w, WEIGHT_QUANTILES), strict=True
+                    )
+                },
+                "top_weight_share": float((top == k).mean()),
+                "kl_fused_to_model": kl,
+            }
+        )
     z = logits.double().cpu().numpy()
     report["logit_correlation"] = {
-        f"{a}:{names[a]}~{b}:{names[b]}": float(np.corrcoef(z[a], z[b])[0, 1])
+        f"{a}~{b}": float(np.corrcoef(z[a], z[b])[0, 1])
         for a in range(len(names))
         for b in range(a + 1, len(names))
     }
@@ -527,7 +533,7 @@ class CETNet(ContextRecommender):
     @torch.no_grad()
     def diagnostics(self, interactions: Iterable) -> dict[str, Any]:
         """:func:`ensemble_diagnostics` over ``interactions`` (batches with labels), in eval
-        mode; base models are named ``"<k>:<Name>"``."""
+        mode."""
         was_training = self.training
         self.eval()
         logits, labels = [], []
