@@ -5,8 +5,8 @@
 
 A spec (yaml) names the dataset, the seeds, settings shared by every run (``base``) and the runs
 (label -> model and its own settings), and optionally ``compare: [[A, B], ...]`` for paired
-tests, ``report`` (test metrics to show) and ``report_result`` (entries of the whole result to
-show, such as CANet's ``inference_time_ratio``). Each (run, seed) trains to early stopping with RecBole's trainer through
+tests and ``extras: {column: dotted.path}``, entries of the run's result (model diagnostics such
+as ``cetnet_diagnostics.test.fused.auc``) tabulated beside the metrics. Each (run, seed) trains to early stopping with RecBole's trainer through
 :func:`recbole_flame.quick_start.run` and writes ``benchmarks/results/<spec>/<label>-seed<k>.json``
 with its command, commit, machine, wall time, learning curve and test result. A finished
 (run, seed) is skipped; one that was stopped resumes from its last validated epoch (its
@@ -49,7 +49,23 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     spec.setdefault("seeds", [2020])
     spec.setdefault("base", {})
     spec.setdefault("compare", [])
+    spec.setdefault("extras", {})
     return spec
+
+
+def dig(result: dict[str, Any], path: str) -> Any:
+    """``result[a][b]...`` for ``path`` ``"a.b..."`` (an integer indexes a list), or None where
+    an entry is missing."""
+    value: Any = result
+    for key in path.split("."):
+        index = int(key) if key.lstrip("-").isdigit() else None
+        if isinstance(value, list) and index is not None and -len(value) <= index < len(value):
+            value = value[index]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            return None
+    return value
 
 
 def provenance() -> dict[str, Any]:
@@ -136,10 +152,7 @@ def summarize(spec: dict, out_dir: Path) -> str:
         key=lambda k: (METRIC_ORDER.index(k.split("@")[0]) if k.split("@")[0] in METRIC_ORDER
                        else 99, int(k.split("@")[1]) if "@" in k else 0),
     )
-    # Entries of the whole result (not the test result), e.g. a model's measured timing.
-    extras = spec.get("report_result", [])
-    headers = ["run", "seeds", *metrics, *extras]
-    headers += ["best epoch", "epochs run", "s to best", "s total"]
+    headers = ["run", "seeds", *metrics, "best epoch", "epochs run", "s to best", "s total"]
     rows = []
     for label, runs in records.items():
         results = [r["result"] for r in runs.values()]
@@ -152,10 +165,6 @@ def summarize(spec: dict, out_dir: Path) -> str:
                     mean_std([float(r["test_result"][m]) for r in results if m in r["test_result"]])
                     for m in metrics
                 ],
-                *[
-                    mean_std([float(r[k]) for r in results if r.get(k) is not None])
-                    for k in extras
-                ],
                 mean_std([float(r["best_epoch"]) for r in results]).replace(".0000", ""),
                 mean_std([float(r["epochs_run"]) for r in results]).replace(".0000", ""),
                 mean_std([r["elapsed_seconds_to_best"] for r in results]),
@@ -164,6 +173,18 @@ def summarize(spec: dict, out_dir: Path) -> str:
         )
     lines = [f"### {spec['name']}: {spec.get('description', '')}".rstrip(": "), ""]
     lines.append(markdown_table(headers, rows))
+    if spec["extras"]:
+        extra_rows = []
+        for label, runs in records.items():
+            cells = []
+            for path in spec["extras"].values():
+                values = [dig(r["result"], path) for r in runs.values()]
+                cells.append(mean_std([float(v) for v in values if v is not None]))
+            if any(c != "-" for c in cells):
+                extra_rows.append([label, len(runs), *cells])
+        if extra_rows:
+            lines.append("")
+            lines.append(markdown_table(["run", "seeds", *spec["extras"]], extra_rows))
     for a, b in spec["compare"]:
         common = sorted(set(records.get(a, {})) & set(records.get(b, {})))
         if len(common) < 2:
@@ -173,10 +194,11 @@ def summarize(spec: dict, out_dir: Path) -> str:
             xa = [float(records[a][s]["result"]["test_result"][m]) for s in common]
             xb = [float(records[b][s]["result"]["test_result"][m]) for s in common]
             t = stats.ttest_rel(xa, xb)
-            diff = statistics.mean(x - y for x, y in zip(xa, xb, strict=True))
+            diffs = [x - y for x, y in zip(xa, xb, strict=True)]
             lines.append(
-                f"\n{a} - {b}, test {m}: mean diff {diff:+.4f} over seeds {common}, paired t = "
-                f"{t.statistic:.2f}, p = {t.pvalue:.3f}"
+                f"\n{a} - {b}, test {m}: mean diff {statistics.mean(diffs):+.4f} (sd "
+                f"{statistics.stdev(diffs):.4f}, per seed {', '.join(f'{d:+.4f}' for d in diffs)}) "
+                f"over seeds {common}, paired t = {t.statistic:.2f}, p = {t.pvalue:.3f}"
             )
     return "\n".join(lines)
 

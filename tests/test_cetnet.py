@@ -13,13 +13,16 @@ import torch
 from recbole_flame.config import Config
 from recbole_flame.model.cetnet import (
     CETNet,
+    auc_score,
     base_logit,
     base_model_configs,
     base_regulariser,
     binary_entropy,
     collaborative_losses,
     context_model_names,
+    ensemble_diagnostics,
     fuse,
+    log_loss,
 )
 from recbole_flame.quick_start import prepare, run
 from recbole_flame.utils import ConfigError
@@ -275,6 +278,99 @@ def test_end_to_end_run_reports_auc_and_logloss(data_root, workdir):
     result = run("CETNet", TINY, config_dict=config, saved=False)
     auc, logloss = result["test_result"]["auc"], result["test_result"]["logloss"]
     assert 0.0 <= auc <= 1.0 and logloss > 0
+
+
+# --- diagnostics ----------------------------------------------------------------------------
+def test_auc_and_logloss_equal_sklearn():
+    from sklearn.metrics import log_loss as sk_log_loss
+    from sklearn.metrics import roc_auc_score
+
+    gen = torch.Generator().manual_seed(3)
+    labels = (torch.rand(300, generator=gen) < 0.3).double().numpy()
+    scores = torch.rand(300, generator=gen).double().numpy()
+    scores[:60] = 0.5  # ties
+    assert auc_score(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert log_loss(scores, labels) == pytest.approx(sk_log_loss(labels, scores), abs=1e-12)
+    assert math.isnan(auc_score(scores, [1.0] * 300))
+
+
+def test_diagnostics_equal_hand_formulas():
+    from sklearn.metrics import roc_auc_score
+
+    logits = [[2.0, -1.0, 0.3, -0.2], [0.5, -3.0, 0.0, 1.5]]
+    labels = [1.0, 0.0, 1.0, 0.0]
+    tau, alpha = 0.5, 0.7
+    got = ensemble_diagnostics(
+        torch.tensor(logits), torch.tensor(labels), ["DCNV2", "DeepFM"], tau, EPS, "prob", alpha
+    )
+    fused = _hand_fused(logits, tau, "prob")
+    assert got["fused"]["auc"] == pytest.approx(roc_auc_score(labels, fused))
+    assert got["fused"]["logloss"] == pytest.approx(
+        sum(_bce(p, y) for p, y in zip(fused, labels, strict=True)) / 4
+    )
+    weights = [_weights([row[b] for row in logits], tau) for b in range(4)]
+    collab = kl = 0.0
+    assert [b["name"] for b in got["base"]] == ["DCNV2", "DeepFM"]
+    for k in range(2):
+        probs = [_sig(z) for z in logits[k]]
+        base = got["base"][k]
+        assert base["auc"] == pytest.approx(roc_auc_score(labels, probs))
+        w = [weights[b][k] for b in range(4)]
+        assert base["weight_mean"] == pytest.approx(sum(w) / 4)
+        assert base["weight_quantiles"]["q50"] == pytest.approx(sorted(w)[1] / 2 + sorted(w)[2] / 2)
+        top = sum(weights[b][k] == max(weights[b]) for b in range(4)) / 4
+        assert base["top_weight_share"] == pytest.approx(top)
+        # BCE(p_k, p) = H(p) + KL(p || p_k): the collaborative term and the part that pulls.
+        pairs = list(zip(probs, fused, strict=True))
+        collab += sum(p * _bce(q, 1.0) + (1 - p) * _bce(q, 0.0) for q, p in pairs) / 4
+        kl_k = sum(
+            p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)) for q, p in pairs
+        ) / 4
+        assert base["kl_fused_to_model"] == pytest.approx(kl_k)
+        kl += kl_k
+    assert got["loss"]["collab"] == pytest.approx(alpha * collab)
+    assert got["loss"]["collab_kl"] == pytest.approx(alpha * kl)
+    mean = [(_sig(a) + _sig(b)) / 2 for a, b in zip(*logits, strict=True)]
+    assert got["mean_of_probs"]["auc"] == pytest.approx(roc_auc_score(labels, mean))
+    corr = torch.corrcoef(torch.tensor(logits, dtype=torch.float64))[0, 1].item()
+    assert got["logit_correlation"]["0~1"] == pytest.approx(corr)
+
+
+def test_run_reports_diagnostics_that_agree_with_recbole_and_each_model(data_root, workdir):
+    from sklearn.metrics import roc_auc_score
+
+    from recbole_flame.trainer import CETNetTrainer
+    from recbole_flame.trainer.cetnet_trainer import labeled_batches
+
+    config = ctr_config(
+        data_root,
+        base_models=["DCNV2", "DeepFM"],
+        base_model_overrides=[{"mlp_hidden_size": [32]}, {"mlp_hidden_size": [32]}],
+    )
+    _, model, trainer, (train_data, valid_data, test_data) = prepare(
+        "CETNet", TINY, config_dict=config
+    )
+    assert isinstance(trainer, CETNetTrainer)
+    from recbole_flame.quick_start.quick_start import train_and_test
+
+    result = train_and_test(trainer.config, trainer, (train_data, valid_data, test_data), False)
+    diag = result["cetnet_diagnostics"]
+    assert set(diag) == {"valid", "test"}
+    # The fused metrics are RecBole's evaluator's (which rounds to 4 digits).
+    for split, reported in (("test", result["test_result"]),):
+        assert diag[split]["fused"]["auc"] == pytest.approx(reported["auc"], abs=6e-5)
+        assert diag[split]["fused"]["logloss"] == pytest.approx(reported["logloss"], abs=6e-5)
+    # Each base model's AUC is that of its own RecBole predict on the same rows.
+    model.eval()
+    with torch.no_grad():
+        batches = list(labeled_batches(test_data, "cpu"))
+        y = torch.cat([b["label"] for b in batches]).numpy()
+        for k, net in enumerate(model.base_models):
+            p = torch.cat([net.predict(b).reshape(-1) for b in batches]).numpy()
+            assert diag["test"]["base"][k]["auc"] == pytest.approx(roc_auc_score(y, p))
+    weights = [b["weight_mean"] for b in diag["test"]["base"]]
+    assert sum(weights) == pytest.approx(1.0)
+    assert diag["test"]["n"] == len(y)
 
 
 # --- bad input ------------------------------------------------------------------------------

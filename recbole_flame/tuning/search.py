@@ -165,9 +165,12 @@ def run_search(settings: SearchSettings) -> dict[str, Any]:
                 metric="valid_score",
                 mode=mode,
                 num_samples=settings.trials,
-                max_concurrent_trials=settings.max_concurrent,
-                # Sampling follows the config's seed, so a search can be repeated exactly.
-                search_alg=BasicVariantGenerator(random_state=int(config["seed"])),
+                # Sampling follows the config's seed, so a search can be repeated exactly. Ray
+                # ignores TuneConfig's max_concurrent_trials (with only a warning) when given a
+                # BasicVariantGenerator, so the limit goes to the generator itself.
+                search_alg=BasicVariantGenerator(
+                    random_state=int(config["seed"]), max_concurrent=settings.max_concurrent or 0
+                ),
                 scheduler=ASHAScheduler(
                     time_attr="training_iteration",
                     max_t=epochs,

@@ -1,0 +1,64 @@
+"""The convergence harness's summary: metrics, model diagnostics (``extras``) and paired tests
+from result files, against hand-computed means, deviations and t statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.converge import dig, load_spec, slug, summarize  # noqa: E402
+
+
+def _record(auc: float, logloss: float, extra: float | None) -> dict:
+    result = {
+        "test_result": {"auc": auc, "logloss": logloss},
+        "best_epoch": 3,
+        "epochs_run": 8,
+        "elapsed_seconds_to_best": 1.0,
+        "elapsed_seconds": 2.0,
+    }
+    if extra is not None:
+        result["diag"] = {"test": {"base": [{"auc": extra}]}}
+    return {"result": result}
+
+
+def test_summary_tabulates_extras_and_paired_differences(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [1, 2, 3]\n"
+        "runs:\n  A B: {model: CETNet}\n  C: {model: DeepFM}\n"
+        "compare: [[A B, C]]\n"
+        "extras: {DCNV2 AUC inside: diag.test.base.0.auc}\n"
+    )
+    spec = load_spec(spec_file)
+    a = [(0.78, 0.55, 0.70), (0.79, 0.54, 0.72), (0.77, 0.56, 0.71)]
+    c = [(0.775, 0.551), (0.781, 0.547), (0.772, 0.559)]
+    for seed, (auc, ll, extra) in zip(spec["seeds"], a, strict=True):
+        (tmp_path / f"{slug('A B')}-seed{seed}.json").write_text(
+            json.dumps(_record(auc, ll, extra))
+        )
+    for seed, (auc, ll) in zip(spec["seeds"], c, strict=True):
+        (tmp_path / f"C-seed{seed}.json").write_text(json.dumps(_record(auc, ll, None)))
+    text = summarize(spec, tmp_path)
+    extra_line = next(line for line in text.splitlines() if line.startswith("| A B | 3 | 0.7100"))
+    assert f"± {statistics.stdev([0.70, 0.72, 0.71]):.4f}" in extra_line
+    assert not any(line.startswith("| C | 3 | -") for line in text.splitlines())
+    diffs = [x[0] - y[0] for x, y in zip(a, c, strict=True)]
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    t = mean / (sd / math.sqrt(3))
+    auc_line = next(line for line in text.splitlines() if "test auc" in line)
+    assert f"mean diff {mean:+.4f} (sd {sd:.4f}" in auc_line
+    assert f"paired t = {t:.2f}" in auc_line
+
+
+def test_dig_reads_dotted_paths():
+    result = {"a": {"b": [{"x": 1.5}, {"x": 2.5}]}}
+    assert dig(result, "a.b.0.x") == 1.5 and dig(result, "a.b.-1.x") == 2.5
+    assert dig(result, "a.c") is None and dig(result, "a.b.2.x") is None
+    assert dig(result, "a.b.0.x.d") is None
