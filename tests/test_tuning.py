@@ -156,6 +156,43 @@ def test_two_trial_search_writes_results(data_root, workdir):
     assert (workdir / "ray" / f"SASRec-{TINY}" / "trials.csv").is_file()
 
 
+def test_max_concurrent_reaches_the_trial_generator(data_root, workdir, monkeypatch):
+    # Ray 2.6 ignores TuneConfig(max_concurrent_trials=...) with only a warning when the search
+    # algorithm is a BasicVariantGenerator: the limit must be the generator's own.
+    import ray
+    from ray import tune
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class CapturingTuner:
+        def __init__(self, trainable, param_space=None, tune_config=None, run_config=None):
+            seen["generator"] = tune_config.search_alg
+            raise Stop
+
+    monkeypatch.setattr(tune, "Tuner", CapturingTuner)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # start no local Ray
+    monkeypatch.setattr(tune, "with_parameters", lambda fn, **_: fn)  # (it needs Ray's store)
+    monkeypatch.setattr(tune, "with_resources", lambda fn, _: fn)
+    for limit, expected in ((1, 1), (None, 0)):
+        settings = SearchSettings(
+            model="SASRec",
+            dataset=TINY,
+            hyper_file=str(_write(workdir, "learning_rate choice [0.001,0.01]\n")),
+            trials=2,
+            overrides=seq_config(data_root, epochs=1),
+            cpus_per_trial=1,
+            output_dir=str(workdir / "ray"),
+            max_concurrent=limit,
+        )
+        with pytest.raises(Stop):
+            run_search(settings)
+        assert type(seen["generator"]).__name__ == "BasicVariantGenerator"
+        assert seen["generator"].max_concurrent == expected
+
+
 def test_failing_trials_are_marked_and_the_search_ends(data_root, workdir):
     # 16 is not a multiple of 3 heads: every trial raises when it builds the model.
     summary = _search(data_root, workdir, "n_heads choice [3]\n", trials=2)
