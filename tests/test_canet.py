@@ -182,6 +182,13 @@ def test_evaluation_routes_deterministically_and_grouping_equals_per_user(canet)
     assert torch.equal(first, second)
     assert len(set(chosen.tolist())) > 1  # several routes in one batch
     assert torch.allclose(first, expected, atol=1e-5)
+    model.eval_chunk = 7  # several chunks of similar lengths per width
+    try:
+        with torch.no_grad():
+            chunked = model.full_sort_predict(batch)
+    finally:
+        model.eval_chunk = 64
+    assert torch.allclose(chunked, expected, atol=1e-5)
 
     # The cached route weights follow an in-place change of the parameters.
     saved = model.output_layer.bias.detach().clone()
@@ -492,6 +499,7 @@ def test_pair_neighbours_are_one_step_in_one_dimension(two_by_two):
         ({"attention_scale": 1.0}, "attention_scale"),
         ({"guide_form": "soft"}, "guide_form"),
         ({"inference_timing_batches": -1}, "inference_timing_batches"),
+        ({"eval_chunk_size": -2}, "eval_chunk_size"),
         ({"dense_windows": "first"}, "dense_windows"),
     ],
 )

@@ -590,6 +590,7 @@ RULES: dict[str, Rule] = {
     "attention_scale": one_of("full", "route", models=_CANET),
     "guide_form": one_of("raw", "marginal", models=_CANET),
     "inference_timing_batches": integer(lo=0, models=_CANET),
+    "eval_chunk_size": integer(lo=0, models=_CANET),
     # CETNet (base_models and the per-model lists are checked by CETNet.check_config)
     "fusion_space": one_of("prob", "logit", models=_CETNET),
     "detach_fusion_weights": boolean(models=_CETNET),

@@ -388,6 +388,8 @@ class CANet(SequentialRecommender):
         self._cache_stamp: tuple[int, ...] | None = None
         self._bypass_cache = False  # the guide's eval-mode pass inside a training step
         self._stamp_checked = False  # within one forward the parameters do not change
+        # Rows scored together at the last step (0: a whole width group at once).
+        self.eval_chunk = config["eval_chunk_size"] or None
         self.reset_train_route_stats()
         self.apply(self._init_weights)
         for block in self.blocks:  # ~0 residual scales, not the Linear init
@@ -651,46 +653,62 @@ class CANet(SequentialRecommender):
     ) -> torch.Tensor:
         """Each row's scores at its last real step by its own route (B x N), batched by
         width: routes of one width share every block and the output layer, so their rows
-        run together, sorted by depth (deepest first) so that the rows still going deeper
-        are a leading slice; each depth's rows finish with the last-step-only block. Cut
-        to the longest sequence of the rows still running. Equal to :meth:`route_scores`
-        of each row's route."""
+        run together, in chunks of ``eval_chunk_size`` rows sorted by depth and length, each cut
+        to its own longest sequence. Equal to :meth:`route_scores` of each row's route."""
         table = self.route_table[index]  # B x (h, l, e)
         scores = None
         widths = table[:, 0].unique().tolist()
         for hidden in widths:
             rows = (table[:, 0] == hidden).nonzero(as_tuple=True)[0]
-            depth, emb = table[rows, 1], table[rows, 2]
-            # deepest first, longest first within a depth: the rows left are a prefix
-            order = torch.argsort(
-                depth * (item_seq.size(1) + 1) + item_seq_len[rows], descending=True
-            )
-            rows, depth, emb = rows[order], depth[order], emb[order]
-            lengths = item_seq_len[rows]
-            seq = item_seq[rows, : int(lengths.max())]
-            x = self.route_inputs(seq, lengths, hidden, emb)
-            out = x.new_empty((rows.numel(), hidden))
-            scale = self.width_scale(hidden)
-            going = rows.numel()
-            for i, block in enumerate(self.blocks[: int(depth[0])]):
-                w = self._weights(("block", i, hidden))
-                staying = int((depth[:going] > i + 1).sum())
-                if staying < going:  # rows whose route ends with this block
-                    part = slice(staying, going)
-                    longest = int(lengths[part].max())
-                    last = block.run(x[part, :longest], w, scale, lengths[part] - 1)
-                    out[part] = last.squeeze(1)
-                if staying:
-                    longest = int(lengths[:staying].max())
-                    x = block.run(x[:staying, :longest], w, scale)
-                going = staying
-            group = self.score_hidden(out, hidden)
-            if len(widths) == 1 and bool((order == torch.arange(len(order))).all()):
+            # Deepest first (the rows still going deeper are a leading slice of a chunk), then
+            # longest first: a chunk is mostly of one depth (one block call per block) and of
+            # similar lengths (padding is what a short row pays for a long one).
+            key = table[rows, 1] * (item_seq.size(1) + 1) + item_seq_len[rows]
+            rows = rows[torch.argsort(key, descending=True)]
+            out = []
+            for chunk in rows.split(self.eval_chunk or rows.numel()):
+                out.append((chunk, self._width_rows(item_seq, item_seq_len, chunk, hidden, table)))
+            chunks = torch.cat([c for c, _ in out])
+            # Back to batch order before the output layer: reordering n x h states is cheap,
+            # n x N scores are not.
+            back = torch.argsort(chunks)
+            group = self.score_hidden(torch.cat([h for _, h in out])[back], hidden)
+            if len(widths) == 1:
                 return group
             if scores is None:
                 scores = group.new_empty((item_seq.size(0), self.n_items))
-            scores[rows] = group
+            scores.index_copy_(0, chunks[back], group)
         return scores
+
+    def _width_rows(
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        rows: torch.Tensor,
+        hidden: int,
+        table: torch.Tensor,
+    ) -> torch.Tensor:
+        """The last-step hidden states (n x h) of ``rows``, all of width ``hidden`` and in
+        order of decreasing depth: each block runs on the rows still going deeper, and the
+        rows whose route ends there get the last-step-only block."""
+        depth, emb = table[rows, 1], table[rows, 2]
+        lengths = item_seq_len[rows]
+        x = self.route_inputs(item_seq[rows, : int(lengths.max())], lengths, hidden, emb)
+        out = x.new_empty((rows.numel(), hidden))
+        scale = self.width_scale(hidden)
+        going = rows.numel()
+        for i, block in enumerate(self.blocks[: int(depth[0])]):
+            w = self._weights(("block", i, hidden))
+            staying = int((depth[:going] > i + 1).sum())
+            if staying < going:  # rows whose route ends with this block
+                part = slice(staying, going)
+                longest = int(lengths[part].max())
+                out[part] = block.run(x[part, :longest], w, scale, lengths[part] - 1).squeeze(1)
+            if staying:
+                longest = int(lengths[:staying].max())
+                x = block.run(x[:staying, :longest], w, scale)
+            going = staying
+        return out
 
     def route_inputs(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, hidden: int, emb: torch.Tensor
