@@ -190,6 +190,43 @@ def test_n_paths_samples_that_many_distinct_paths(flame_parts):
 
 
 # --- training -----------------------------------------------------------------------------
+def test_alignment_stats_match_a_per_pair_reference(flame_parts):
+    """The per-pair statistics stage 2 logs are the pair weights and InfoNCE values that the
+    alignment loss is made of, each recomputed here pair by pair from the path outputs."""
+    _, model, _, (_, _, test_data) = flame_parts(
+        hidden_dropout_prob=0.0, attn_dropout_prob=0.0, train_batch_size=4096
+    )
+    model.train()
+    seq, lens, _ = _batch(test_data)
+    with torch.no_grad():
+        loss = model.alignment_loss(seq, lens)
+        out = model.path_outputs(seq, lens)
+    stats = model.pop_alignment_stats()
+    labels = list(out)
+    expected_loss = 0.0
+    raw = {}
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            raw[f"{a}-{b}"] = -(out[a] * out[b]).sum(-1).mean().item()
+    denominator = sum(math.exp(v) for v in raw.values())
+    for pair, score in raw.items():
+        a, b = pair.split("-")
+        weight = math.exp(score) / denominator
+        nce = info_nce(out[a], out[b], model.tau, model.cl_normalize).item()
+        assert stats["weight"][pair] == pytest.approx(weight, rel=1e-4)
+        assert stats["info_nce"][pair] == pytest.approx(nce, rel=1e-4)
+        expected_loss += weight * nce
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-4)
+    for path, value in out.items():
+        assert stats["norm"][path] == pytest.approx(value.norm(dim=1).mean().item(), rel=1e-5)
+    assert stats["lambda_r"]["value"] == model.lambda_r
+    assert set(model.pop_alignment_stats()) == {"lambda_r"}  # reset after reading
+    model.eval()
+    with torch.no_grad():
+        model.alignment_loss(seq, lens)
+    assert set(model.pop_alignment_stats()) == {"lambda_r"}  # only training steps count
+
+
 def test_stage2_changes_only_the_learnable_network(flame_parts, sasrec_checkpoint):
     _, model, trainer, (train_data, valid_data, _) = flame_parts(epochs=2)
     before = {k: v.clone() for k, v in model.learnable.state_dict().items()}
@@ -205,6 +242,12 @@ def test_stage2_changes_only_the_learnable_network(flame_parts, sasrec_checkpoin
     assert all(p.grad is None for p in model.frozen.parameters())
     # lambda follows the trainer's epochs, counted from 1.
     assert model.lambda_r == pytest.approx(annealed_lambda(2, 1.0, 1e-5, 200))
+    # Each learning-curve point carries the alignment's parts of the epochs before it.
+    for point, epoch in zip(trainer.valid_history, (1, 2), strict=True):
+        align = point["alignment"]
+        assert align["lambda_r"]["value"] == pytest.approx(annealed_lambda(epoch, 1.0, 1e-5, 200))
+        assert sum(align["weight"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert len(align["weight"]) == len(align["info_nce"]) == 6 and len(align["norm"]) == 4
 
 
 def test_two_stages_end_to_end_and_stage1_cache(data_root, workdir):

@@ -212,6 +212,11 @@ class FLAME(SequentialRecommender):
             self.blocks_per_module = [[i] for i in range(n_layers)]
         self.n_modules = 1 + len(self.blocks_per_module)
         self.lambda_r = annealed_lambda(1, self.lambda_0, self.lambda_R, self.anneal_epochs)
+        # Running sums of the alignment's parts over training steps (detached), read and reset
+        # once per validation by the trainer: why stage 2 learns as it does (pair weights,
+        # each pair's InfoNCE, the path outputs' norms, which raw dot products depend on).
+        self._align_sums: dict[str, float] = {}
+        self._align_steps = 0
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -343,7 +348,32 @@ class FLAME(SequentialRecommender):
         views = list(outputs.values())
         weights = pair_weights(list(itertools.combinations(views, 2)), self.detach_pair_weights)
         losses = all_pairs_info_nce(views, self.tau, self.cl_normalize, groups)
+        if self.training:
+            self._record_alignment(outputs, weights, losses)
         return (weights * losses).sum()
+
+    @torch.no_grad()
+    def _record_alignment(
+        self, outputs: dict[str, torch.Tensor], weights: torch.Tensor, losses: torch.Tensor
+    ) -> None:
+        labels = [f"{a}-{b}" for a, b in itertools.combinations(outputs, 2)]
+        parts = {f"weight/{k}": w for k, w in zip(labels, weights.tolist(), strict=True)}
+        parts.update({f"info_nce/{k}": v for k, v in zip(labels, losses.tolist(), strict=True)})
+        parts.update({f"norm/{p}": out.norm(dim=-1).mean().item() for p, out in outputs.items()})
+        for key, value in parts.items():
+            self._align_sums[key] = self._align_sums.get(key, 0.0) + value
+        self._align_steps += 1
+
+    def pop_alignment_stats(self) -> dict[str, dict[str, float]]:
+        """Means over the training steps since the last call, then reset: ``weight`` and
+        ``info_nce`` per pair of paths (``ll-lf``, ...), ``norm`` (mean L2 norm of each path's
+        output), and the ``lambda_r`` in force."""
+        stats: dict[str, dict[str, float]] = {"lambda_r": {"value": self.lambda_r}}
+        for key, total in self._align_sums.items():
+            group, name = key.split("/", 1)
+            stats.setdefault(group, {})[name] = total / self._align_steps
+        self._align_sums, self._align_steps = {}, 0
+        return stats
 
     @contextlib.contextmanager
     def scoring_with(self, network: str) -> Iterator[None]:

@@ -221,6 +221,19 @@ class FLAMETrainer(Trainer):
         line = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
         return f"{line} lambda_r={self.model.lambda_r:.4g}"
 
+    def validation_extras(self) -> dict[str, Any]:
+        """The alignment's parts, averaged over the steps since the last validation."""
+        stats = self.model.pop_alignment_stats()
+        if "weight" in stats:
+            def fmt(group: str) -> str:
+                return ", ".join(f"{k} {v:.3g}" for k, v in stats[group].items())
+
+            self.logger.info(
+                f"FLAME alignment: pair weights [{fmt('weight')}]; InfoNCE [{fmt('info_nce')}]; "
+                f"output norms [{fmt('norm')}]"
+            )
+        return {"alignment": stats}
+
     def after_test(self, valid_data, test_data) -> dict[str, Any]:
         """The frozen (stage-1) SASRec's own results on the same splits, so a FLAME run is its
         own comparison, and how much faster stage 2 reached stage 1's best validation score."""

@@ -272,6 +272,7 @@ class SafeCheckpointMixin:
                     "train_loss": plain(self.train_loss_dict.get(epoch_idx)),
                     "train_seconds": float(sum(self.epoch_train_seconds)),
                     "elapsed_seconds": self.elapsed_seconds(),
+                    **self.validation_extras(),
                 }
             )
             if self._persist:
@@ -332,6 +333,10 @@ class SafeCheckpointMixin:
         return super().evaluate(
             eval_data, load_best_model=False, model_file=None, show_progress=show_progress
         )
+
+    def validation_extras(self) -> dict[str, Any]:
+        """Model-specific entries for each validation's learning-curve point (none by default)."""
+        return {}
 
     def result_extras(self) -> dict[str, Any]:
         """Model-specific entries for the run's final result (none by default)."""
