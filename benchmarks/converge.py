@@ -94,9 +94,8 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
-    from recbole_flame.quick_start import run
-
+def run_config(spec: dict, label: str, seed: int, out_dir: Path) -> tuple[dict[str, Any], Path]:
+    """The config dict of one (run, seed) of ``spec`` and its checkpoint folder."""
     entry = spec["runs"][label]
     ckpt = out_dir / "ckpt" / f"{slug(label)}-seed{seed}"
     config = {
@@ -110,6 +109,14 @@ def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
     config = {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in config.items()}
     if spec.get("data_path"):
         config["data_path"] = str((ROOT / spec["data_path"]).resolve())
+    return config, ckpt
+
+
+def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
+    from recbole_flame.quick_start import run
+
+    entry = spec["runs"][label]
+    config, ckpt = run_config(spec, label, seed, out_dir)
     states = sorted(ckpt.glob("*-last.pth"), key=os.path.getmtime)
     resume = str(states[-1]) if states else None
     print(f"== {label} seed {seed}" + (f" (resuming {resume})" if resume else ""), flush=True)

@@ -1,0 +1,133 @@
+"""Why FLAME's stage 2 learns as it does: the two losses' gradients on the learnable network.
+
+    python benchmarks/flame_probe.py benchmarks/specs/flame_ml100k.yaml --seed 1 \
+        --states init benchmarks/results/flame_ml100k/ckpt/FLAME-seed1/<run>.pth --batches 4
+
+For a FLAME run of a convergence spec (the same config as ``benchmarks/converge.py`` builds),
+and for each state of its learnable network (``init``: the weights stage 2 starts from; or a
+stage-2 checkpoint), on the first ``--batches`` training batches in training mode: the
+recommendation loss and the unweighted alignment ``sum_p w_p InfoNCE_p``, the L2 norms of their
+gradients on the learnable parameters, the cosine between the two gradients, and the share of
+the step that the alignment makes at that state's ``lambda_r`` (``lambda_r |g_align| /
+|g_rec|``). Also each pair's weight and InfoNCE (the model's own alignment statistics). Writes
+``benchmarks/results/<spec>/probe-seed<k>.json`` with command, commit and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import markdown_table, write_json  # noqa: E402
+from benchmarks.converge import load_spec, provenance, run_config  # noqa: E402
+
+
+def _flat(grads, params) -> torch.Tensor:
+    """One vector of all gradients (zeros for parameters a loss does not reach)."""
+    pairs = zip(grads, params, strict=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in pairs])
+
+
+def gradient_probe(model, batches: list, epoch: int) -> dict[str, Any]:
+    """Gradient statistics of the two losses at ``lambda_r`` of ``epoch`` (counted from 1)."""
+    params = [p for p in model.learnable.parameters() if p.requires_grad]
+    lam = model.anneal(epoch)
+    model.train()
+    model.pop_alignment_stats()
+    rows = []
+    for batch in batches:
+        rec, weighted = model.calculate_loss(batch)
+        align = weighted / lam
+        g_rec = torch.autograd.grad(rec, params, retain_graph=True, allow_unused=True)
+        g_align = torch.autograd.grad(align, params, allow_unused=True)
+        flat_rec, flat_align = _flat(g_rec, params), _flat(g_align, params)
+        n_rec, n_align = flat_rec.norm().item(), flat_align.norm().item()
+        rows.append(
+            {
+                "rec_loss": rec.item(),
+                "align_loss": align.item(),
+                "grad_norm_rec": n_rec,
+                "grad_norm_align": n_align,
+                "cosine": torch.nn.functional.cosine_similarity(flat_rec, flat_align, dim=0).item(),
+                "align_share": lam * n_align / n_rec,
+            }
+        )
+    summary = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
+    return {"epoch": epoch, "lambda_r": lam, **summary, "alignment": model.pop_alignment_stats()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("spec")
+    parser.add_argument("--label", default="FLAME")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--states", nargs="+", default=["init"], help="init or checkpoint paths")
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+
+    from recbole_flame.quick_start import prepare
+    from recbole_flame.utils.checkpoint import load_checkpoint
+
+    spec = load_spec(args.spec)
+    out_dir = ROOT / "benchmarks" / "results" / spec["name"]
+    config, _ = run_config(spec, args.label, args.seed, out_dir)
+    config["state"] = "WARNING"
+    _, model, trainer, (train_data, _, _) = prepare(
+        spec["runs"][args.label]["model"], spec["dataset"], config_dict=config
+    )
+    init = {k: v.clone() for k, v in model.learnable.state_dict().items()}
+    batches = []
+    for batch in train_data:
+        batches.append(batch.to(trainer.device))
+        if len(batches) == args.batches:
+            break
+    checkpoints = [s for s in args.states if s != "init"]
+    if not checkpoints:
+        raise SystemExit("give at least one stage-2 checkpoint: it holds the frozen network")
+    # Every state runs against the frozen network stage 2 trains with.
+    frozen = load_checkpoint(checkpoints[0])["state_dict"]
+    model.load_state_dict(frozen)
+    probes = []
+    for state in args.states:
+        if state == "init":
+            model.learnable.load_state_dict(init)
+            epoch = 1
+        else:
+            checkpoint = load_checkpoint(state)
+            model.load_state_dict(checkpoint["state_dict"])
+            epoch = int(checkpoint["epoch"]) + 1
+        probes.append({"state": state, **gradient_probe(model, batches, epoch)})
+    keys = ["rec_loss", "align_loss", "grad_norm_rec", "grad_norm_align", "cosine", "align_share"]
+    table = markdown_table(
+        ["state", "epoch", "lambda_r", *keys],
+        [[Path(p["state"]).name, p["epoch"], p["lambda_r"], *[p[k] for k in keys]] for p in probes],
+    )
+    print(table)
+    write_json(
+        out_dir / f"probe-seed{args.seed}.json",
+        {
+            **provenance(),
+            "spec": spec["name"],
+            "seed": args.seed,
+            "batches": args.batches,
+            "probes": probes,
+            "table": table,
+            "wall_seconds": time.perf_counter() - start,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
