@@ -5,9 +5,12 @@
 
 A spec (yaml) names the dataset, the seeds, settings shared by every run (``base``) and the runs
 (label -> model and its own settings), and optionally ``compare: [[A, B], ...]`` for paired
-tests and ``extras: {column: dotted.path}``, entries of the run's result (model diagnostics such
-as ``cetnet_diagnostics.test.fused.auc``) tabulated beside the metrics. Each (run, seed) trains to early stopping with RecBole's trainer through
-:func:`recbole_flame.quick_start.run` and writes ``benchmarks/results/<spec>/<label>-seed<k>.json``
+tests, ``extras: {column: dotted.path}``, entries of the run's result (model diagnostics such
+as ``cetnet_diagnostics.test.fused.auc``) tabulated beside the metrics, and ``derived: {row:
+{from: run, result: {key: dotted.path}}}``, a baseline measured inside a run (FLAME's frozen
+stage-1 SASRec) as a row of its own that ``compare`` can pair with the run. Each (run, seed)
+trains to early stopping with RecBole's trainer through :func:`recbole_flame.quick_start.run`
+and writes ``benchmarks/results/<spec>/<label>-seed<k>.json``
 with its command, commit, machine, wall time, learning curve and test result. A finished
 (run, seed) is skipped; one that was stopped resumes from its last validated epoch (its
 ``-last.pth`` under ``<spec>/ckpt/``), so a long experiment can span several sittings.
@@ -154,6 +157,13 @@ def summarize(spec: dict, out_dir: Path) -> str:
             path = out_dir / f"{slug(label)}-seed{seed}.json"
             if path.is_file():
                 records.setdefault(label, {})[seed] = json.loads(path.read_text())
+    # A run's result may hold a baseline measured inside it (FLAME's frozen stage-1 SASRec on
+    # the same splits): ``derived`` turns such entries into a row of their own, per seed.
+    for name, entry in spec.get("derived", {}).items():
+        for seed, record in records.get(entry["from"], {}).items():
+            result = {key: dig(record["result"], path) for key, path in entry["result"].items()}
+            if result.get("test_result"):
+                records.setdefault(name, {})[seed] = {"result": result}
     metrics = spec.get("report") or sorted(
         {k for runs in records.values() for r in runs.values() for k in r["result"]["test_result"]},
         key=lambda k: (METRIC_ORDER.index(k.split("@")[0]) if k.split("@")[0] in METRIC_ORDER
@@ -172,10 +182,16 @@ def summarize(spec: dict, out_dir: Path) -> str:
                     mean_std([float(r["test_result"][m]) for r in results if m in r["test_result"]])
                     for m in metrics
                 ],
-                mean_std([float(r["best_epoch"]) for r in results]).replace(".0000", ""),
-                mean_std([float(r["epochs_run"]) for r in results]).replace(".0000", ""),
-                mean_std([r["elapsed_seconds_to_best"] for r in results]),
-                mean_std([r["elapsed_seconds"] for r in results]),
+                *[
+                    mean_std([float(r[k]) for r in results if r.get(k) is not None]).replace(
+                        ".0000", ""
+                    )
+                    for k in ("best_epoch", "epochs_run")
+                ],
+                *[
+                    mean_std([float(r[k]) for r in results if r.get(k) is not None])
+                    for k in ("elapsed_seconds_to_best", "elapsed_seconds")
+                ],
             ]
         )
     lines = [f"### {spec['name']}: {spec.get('description', '')}".rstrip(": "), ""]

@@ -62,3 +62,38 @@ def test_dig_reads_dotted_paths():
     assert dig(result, "a.b.0.x") == 1.5 and dig(result, "a.b.-1.x") == 2.5
     assert dig(result, "a.c") is None and dig(result, "a.b.2.x") is None
     assert dig(result, "a.b.0.x.d") is None
+
+
+def test_derived_rows_pair_a_run_with_the_baseline_inside_it(tmp_path):
+    """FLAME's result holds its frozen SASRec's test result: ``derived`` makes it a row, and
+    ``compare`` pairs it with FLAME seed by seed."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [1, 2]\nruns:\n  FLAME: {model: FLAME}\n"
+        "derived:\n  SASRec (stage 1):\n    from: FLAME\n"
+        "    result: {test_result: stage1_test_result, best_epoch: stage1.best}\n"
+        "compare: [[FLAME, SASRec (stage 1)]]\ntest_metrics: [ndcg@20]\nreport: [ndcg@20]\n"
+    )
+    spec = load_spec(spec_file)
+    flame, stage1 = [0.080, 0.084], [0.085, 0.086]
+    for seed, f, s in zip(spec["seeds"], flame, stage1, strict=True):
+        result = {
+            "test_result": {"ndcg@20": f},
+            "best_epoch": 40,
+            "epochs_run": 70,
+            "elapsed_seconds_to_best": 10.0,
+            "elapsed_seconds": 20.0,
+            "stage1_test_result": {"ndcg@20": s},
+            "stage1": {"best": 100 + seed},
+        }
+        (tmp_path / f"FLAME-seed{seed}.json").write_text(json.dumps({"result": result}))
+    text = summarize(spec, tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| SASRec (stage 1) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2"
+    assert cells[2] == f"{statistics.mean(stage1):.4f} ± {statistics.stdev(stage1):.4f}"
+    assert cells[3] == f"{statistics.mean([101, 102]):.4f} ± {statistics.stdev([101, 102]):.4f}"
+    assert cells[4:] == ["-", "-", "-"]  # not in its derived result
+    line = next(line for line in text.splitlines() if "test ndcg@20" in line)
+    diffs = [f - s for f, s in zip(flame, stage1, strict=True)]
+    assert f"mean diff {statistics.mean(diffs):+.4f}" in line
