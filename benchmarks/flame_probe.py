@@ -4,8 +4,9 @@
         --states init benchmarks/results/flame_ml100k/ckpt/FLAME-seed1/<run>.pth --batches 4
 
 For a FLAME run of a convergence spec (the same config as ``benchmarks/converge.py`` builds),
-and for each state of its learnable network (``init``: the weights stage 2 starts from; or a
-stage-2 checkpoint), on the first ``--batches`` training batches in training mode: the
+against its frozen network (the spec's ``frozen_checkpoint``, or the one in a stage-2
+checkpoint), and for each state of its learnable network (``init``: the weights stage 2 starts
+from; or a stage-2 checkpoint), on the first ``--batches`` training batches in training mode: the
 recommendation loss and the unweighted alignment ``sum_p w_p InfoNCE_p``, the L2 norms of their
 gradients on the learnable parameters, the cosine between the two gradients, and the share of
 the step that the alignment makes at that state's ``lambda_r`` (``lambda_r |g_align| /
@@ -93,12 +94,15 @@ def main() -> None:
         batches.append(batch.to(trainer.device))
         if len(batches) == args.batches:
             break
+    # Every state runs against the frozen network stage 2 trains with: the spec's
+    # frozen_checkpoint (e.g. the authors' weights), or the one a stage-2 checkpoint holds.
     checkpoints = [s for s in args.states if s != "init"]
-    if not checkpoints:
-        raise SystemExit("give at least one stage-2 checkpoint: it holds the frozen network")
-    # Every state runs against the frozen network stage 2 trains with.
-    frozen = load_checkpoint(checkpoints[0])["state_dict"]
-    model.load_state_dict(frozen)
+    if config.get("frozen_checkpoint"):
+        trainer.load_frozen(config["frozen_checkpoint"], train_data._dataset)
+    elif checkpoints:
+        model.load_state_dict(load_checkpoint(checkpoints[0])["state_dict"])
+    else:
+        raise SystemExit("no frozen network: give a stage-2 checkpoint among --states")
     probes = []
     for state in args.states:
         if state == "init":
@@ -110,10 +114,22 @@ def main() -> None:
             epoch = int(checkpoint["epoch"]) + 1
         probes.append({"state": state, **gradient_probe(model, batches, epoch)})
     keys = ["rec_loss", "align_loss", "grad_norm_rec", "grad_norm_align", "cosine", "align_share"]
-    table = markdown_table(
-        ["state", "epoch", "lambda_r", *keys],
-        [[Path(p["state"]).name, p["epoch"], p["lambda_r"], *[p[k] for k in keys]] for p in probes],
-    )
+    rows = []
+    for p in probes:
+        weights, inner = p["alignment"]["weight"], p["alignment"]["inner"]
+        top = max(weights, key=weights.get)
+        rows.append(
+            [
+                Path(p["state"]).name,
+                p["epoch"],
+                p["lambda_r"],
+                *[p[k] for k in keys],
+                f"{top} {weights[top]:.3f}",
+                f"{min(inner.values()):.1f} .. {max(inner.values()):.1f}",
+            ]
+        )
+    headers = ["state", "epoch", "lambda_r", *keys, "top pair weight", "mean inner products"]
+    table = markdown_table(headers, rows)
     print(table)
     write_json(
         out_dir / f"probe-seed{args.seed}.json",

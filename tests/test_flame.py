@@ -215,6 +215,7 @@ def test_alignment_stats_match_a_per_pair_reference(flame_parts):
         nce = info_nce(out[a], out[b], model.tau, model.cl_normalize).item()
         assert stats["weight"][pair] == pytest.approx(weight, rel=1e-4)
         assert stats["info_nce"][pair] == pytest.approx(nce, rel=1e-4)
+        assert stats["inner"][pair] == pytest.approx(-score, rel=1e-4, abs=1e-5)
         expected_loss += weight * nce
     assert loss.item() == pytest.approx(expected_loss, rel=1e-4)
     for path, value in out.items():

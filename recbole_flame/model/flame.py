@@ -356,8 +356,13 @@ class FLAME(SequentialRecommender):
     def _record_alignment(
         self, outputs: dict[str, torch.Tensor], weights: torch.Tensor, losses: torch.Tensor
     ) -> None:
-        labels = [f"{a}-{b}" for a, b in itertools.combinations(outputs, 2)]
+        pairs = list(itertools.combinations(outputs, 2))
+        labels = [f"{a}-{b}" for a, b in pairs]
         parts = {f"weight/{k}": w for k, w in zip(labels, weights.tolist(), strict=True)}
+        # The mean inner products the weights are a softmax of (negated): their spread says
+        # how close to one-hot the weights are.
+        for (a, b), k in zip(pairs, labels, strict=True):
+            parts[f"inner/{k}"] = (outputs[a] * outputs[b]).sum(-1).mean().item()
         parts.update({f"info_nce/{k}": v for k, v in zip(labels, losses.tolist(), strict=True)})
         parts.update({f"norm/{p}": out.norm(dim=-1).mean().item() for p, out in outputs.items()})
         for key, value in parts.items():
@@ -365,8 +370,9 @@ class FLAME(SequentialRecommender):
         self._align_steps += 1
 
     def pop_alignment_stats(self) -> dict[str, dict[str, float]]:
-        """Means over the training steps since the last call, then reset: ``weight`` and
-        ``info_nce`` per pair of paths (``ll-lf``, ...), ``norm`` (mean L2 norm of each path's
+        """Means over the training steps since the last call, then reset: ``weight``,
+        ``info_nce`` and ``inner`` (mean inner product of the two outputs) per pair of paths
+        (``ll-lf``, ...), ``norm`` (mean L2 norm of each path's
         output), and the ``lambda_r`` in force."""
         stats: dict[str, dict[str, float]] = {"lambda_r": {"value": self.lambda_r}}
         for key, total in self._align_sums.items():
