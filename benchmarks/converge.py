@@ -108,8 +108,12 @@ def run_config(spec: dict, label: str, seed: int, out_dir: Path) -> tuple[dict[s
         "checkpoint_dir": str(ckpt),
         "show_progress": False,
     }
-    # "$VAR" in a setting (e.g. the folder of downloaded weights) comes from the environment.
-    config = {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in config.items()}
+    # "$VAR" in a setting (e.g. the folder of downloaded weights) comes from the environment,
+    # "{seed}" is the run's seed (e.g. another run's stage-1 cache of the same seed).
+    config = {
+        k: os.path.expandvars(v).replace("{seed}", str(seed)) if isinstance(v, str) else v
+        for k, v in config.items()
+    }
     if spec.get("data_path"):
         config["data_path"] = str((ROOT / spec["data_path"]).resolve())
     return config, ckpt

@@ -97,3 +97,24 @@ def test_derived_rows_pair_a_run_with_the_baseline_inside_it(tmp_path):
     line = next(line for line in text.splitlines() if "test ndcg@20" in line)
     diffs = [f - s for f, s in zip(flame, stage1, strict=True)]
     assert f"mean diff {statistics.mean(diffs):+.4f}" in line
+
+
+def test_run_config_fills_seed_and_environment(tmp_path, monkeypatch):
+    from benchmarks.converge import run_config
+
+    monkeypatch.setenv("WEIGHTS_DIR", "/w")
+    spec = load_spec_text(
+        tmp_path,
+        "dataset: ml-100k\nseeds: [7]\nbase: {epochs: 3, frozen_checkpoint: $WEIGHTS_DIR/a.pt}\n"
+        "runs:\n  F x: {model: FLAME, config: {stage1_cache_dir: 'r/F-seed{seed}/s1'}}\n",
+    )
+    config, ckpt = run_config(spec, "F x", 7, tmp_path)
+    assert config["frozen_checkpoint"] == "/w/a.pt" and config["epochs"] == 3
+    assert config["stage1_cache_dir"] == "r/F-seed7/s1" and config["seed"] == 7
+    assert ckpt == tmp_path / "ckpt" / "F-x-seed7" and config["checkpoint_dir"] == str(ckpt)
+
+
+def load_spec_text(folder: Path, text: str) -> dict:
+    path = folder / "spec.yaml"
+    path.write_text(text)
+    return load_spec(path)
