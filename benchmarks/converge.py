@@ -8,7 +8,9 @@ A spec (yaml) names the dataset, the seeds, settings shared by every run (``base
 tests, ``extras: {column: dotted.path}``, entries of the run's result (model diagnostics such
 as ``cetnet_diagnostics.test.fused.auc``) tabulated beside the metrics, and ``derived: {row:
 {from: run, result: {key: dotted.path}}}``, a baseline measured inside a run (FLAME's frozen
-stage-1 SASRec) as a row of its own that ``compare`` can pair with the run. Each (run, seed)
+stage-1 SASRec) as a row of its own that ``compare`` can pair with the run, and
+``time_to_accuracy: [[A, B], ...]``: A's wall time to B's best validation score over B's own
+time to it, per seed (valid only where both ran on the same machine). Each (run, seed)
 trains to early stopping with RecBole's trainer through :func:`recbole_flame.quick_start.run`
 and writes ``benchmarks/results/<spec>/<label>-seed<k>.json``
 with its command, commit, machine, wall time, learning curve and test result. A finished
@@ -151,6 +153,31 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def time_to_accuracy(fast: dict[int, dict], slow: dict[int, dict], a: str, b: str) -> str:
+    """Per seed: wall seconds ``a`` took to first reach ``b``'s best validation score, over the
+    seconds ``b`` took to reach it (both from the runs' learning curves, the same machine)."""
+    parts, ratios = [], []
+    for seed in sorted(set(fast) & set(slow)):
+        target_curve = slow[seed]["result"]
+        target = max(h["valid_score"] for h in target_curve["valid_history"])
+        reached = next(
+            (h for h in fast[seed]["result"]["valid_history"] if h["valid_score"] >= target), None
+        )
+        if reached is None:
+            parts.append(f"seed {seed}: never reached {target:.4f}")
+            continue
+        ratio = reached["elapsed_seconds"] / target_curve["elapsed_seconds_to_best"]
+        ratios.append(ratio)
+        parts.append(
+            f"seed {seed}: {reached['elapsed_seconds']:.0f} s (epoch {reached['epoch']}) / "
+            f"{target_curve['elapsed_seconds_to_best']:.0f} s = {ratio:.3f}"
+        )
+    head = f"Time to accuracy, {a} to {b}'s best valid score / {b}'s time to it"
+    if ratios:
+        head += f": mean {statistics.mean(ratios):.3f}"
+    return head + " (" + "; ".join(parts or ["no paired seeds"]) + ")"
+
+
 def summarize(spec: dict, out_dir: Path) -> str:
     """Markdown: mean ± std per run over the finished seeds, and paired t-tests."""
     from scipy import stats
@@ -212,6 +239,8 @@ def summarize(spec: dict, out_dir: Path) -> str:
         if extra_rows:
             lines.append("")
             lines.append(markdown_table(["run", "seeds", *spec["extras"]], extra_rows))
+    for a, b in spec.get("time_to_accuracy", []):
+        lines.append("\n" + time_to_accuracy(records.get(a, {}), records.get(b, {}), a, b))
     for a, b in spec["compare"]:
         common = sorted(set(records.get(a, {})) & set(records.get(b, {})))
         if len(common) < 2:

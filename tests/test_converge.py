@@ -118,3 +118,41 @@ def load_spec_text(folder: Path, text: str) -> dict:
     path = folder / "spec.yaml"
     path.write_text(text)
     return load_spec(path)
+
+
+def test_time_to_accuracy_from_learning_curves(tmp_path):
+    """Dense reaches prefix's best validation score (0.08) first at its third validation, at
+    30 s; prefix took 200 s to its best: 0.15. A run that never gets there is said so."""
+
+    def record(scores, seconds, best_seconds):
+        history = [
+            {"epoch": i + 1, "valid_score": v, "elapsed_seconds": t}
+            for i, (v, t) in enumerate(zip(scores, seconds, strict=True))
+        ]
+        return {
+            "result": {
+                "test_result": {"ndcg@20": 0.1},
+                "valid_history": history,
+                "best_epoch": 1,
+                "epochs_run": len(history),
+                "elapsed_seconds_to_best": best_seconds,
+                "elapsed_seconds": seconds[-1],
+            }
+        }
+
+    spec = load_spec_text(
+        tmp_path,
+        "dataset: ml-100k\nseeds: [1, 2]\nruns:\n  D: {model: SASRec}\n  P: {model: SASRec}\n"
+        "time_to_accuracy: [[D, P]]\n",
+    )
+    runs = {
+        ("D", 1): record([0.05, 0.07, 0.081, 0.09], [10, 20, 30, 40], 40),
+        ("P", 1): record([0.06, 0.08, 0.079], [100, 200, 300], 200),
+        ("D", 2): record([0.05, 0.06], [10, 20], 20),
+        ("P", 2): record([0.07], [100], 100),
+    }
+    for (label, seed), rec in runs.items():
+        (tmp_path / f"{label}-seed{seed}.json").write_text(json.dumps(rec))
+    line = next(line for line in summarize(spec, tmp_path).splitlines() if "Time to" in line)
+    assert "mean 0.150" in line and "seed 1: 30 s (epoch 3) / 200 s = 0.150" in line
+    assert "seed 2: never reached 0.0700" in line
