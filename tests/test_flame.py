@@ -281,6 +281,34 @@ def test_two_stages_end_to_end_and_stage1_cache(data_root, workdir):
     assert first["convergence_ratio"] == (stage1_best / reached[0] if reached else None)
 
 
+def test_stage1_cache_written_before_later_keys_is_reused(data_root, workdir):
+    """A cache written by an earlier version (its stored key lacks dense_windows and holds
+    attention_impl) is reused; one whose stored settings really differ is not."""
+    from pathlib import Path
+
+    from recbole_flame.utils.checkpoint import atomic_save
+
+    config = flame_config(data_root, epochs=1)
+    first = run("FLAME", TINY, config_dict=config, saved=False)
+    current = Path(first["stage1_checkpoint"])
+    state = load_checkpoint(current)
+    assert state["stage1_key"]["dense_windows"] == "all"
+    older = dict(state["stage1_key"], attention_impl="recbole")
+    del older["dense_windows"]
+    other = dict(older, learning_rate=0.5)
+    atomic_save(dict(state, stage1_key=other), current.with_name("SASRec-x-differs.pth"))
+    atomic_save(dict(state, stage1_key=older), current.with_name(f"SASRec-{TINY}-older.pth"))
+    atomic_save(dict(state, stage1_key=other), current.with_name(f"SASRec-{TINY}-other.pth"))
+    current.unlink()
+    again = run("FLAME", TINY, config_dict=config, saved=False)
+    assert again["stage1_source"] == "cache"
+    assert again["stage1_checkpoint"] == str(current.with_name(f"SASRec-{TINY}-older.pth"))
+    assert again["test_result"] == first["test_result"]
+    current.with_name(f"SASRec-{TINY}-older.pth").unlink()
+    third = run("FLAME", TINY, config_dict=config, saved=False)
+    assert third["stage1_source"] == "trained" and third["stage1_checkpoint"] == str(current)
+
+
 def test_frozen_checkpoint_that_does_not_fit(data_root, workdir, sasrec_checkpoint):
     config = flame_config(data_root, hidden_size=32, frozen_checkpoint=sasrec_checkpoint)
     with pytest.raises(CheckpointError) as info:

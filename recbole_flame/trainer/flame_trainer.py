@@ -17,6 +17,7 @@ from recbole_flame.model.flame import check_frozen_checkpoint
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.trainer.trainer import Trainer
 from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint, plain
+from recbole_flame.utils.errors import CheckpointError
 
 # Keys that do not change what stage 1 learns: FLAME's own stage-2 keys, and where or how
 # verbosely a run happens. Every other key is part of the stage-1 cache key.
@@ -34,6 +35,8 @@ _NOT_STAGE1 = frozenset(
         "anneal_epochs",
         "frozen_checkpoint",
         "stage1_cache_dir",
+        # Implementations with equal outputs (tests: 1e-5), chosen for speed, as the device is.
+        "attention_impl",
         "stage1_epochs",
         "epochs",
         "model",
@@ -57,6 +60,11 @@ _NOT_STAGE1 = frozenset(
         "dataloaders_save_path",
     }
 )
+
+
+# Package-wide keys added after stage-1 caches were first written, with the value every run had
+# before the key existed: a cache whose stored key lacks one of them was trained with it.
+_ADDED_LATER = {"dense_windows": "all"}
 
 
 @contextlib.contextmanager
@@ -136,9 +144,42 @@ class FLAMETrainer(Trainer):
                 self.stage1_source = "cache"
                 self.logger.info(f"FLAME stage 1: reusing cached backbone {path}")
                 return str(path)
+            older = self.compatible_cache(path)
+            if older is not None:
+                self.stage1_source = "cache"
+                self.logger.info(
+                    f"FLAME stage 1: reusing cached backbone {older}, written by an earlier "
+                    "version of this package with the same settings"
+                )
+                return str(older)
             self.stage1_source = "trained"
             self._train_backbone(path, train_data, valid_data, show_progress)
         return str(path)
+
+    def compatible_cache(self, path: Path) -> Path | None:
+        """A cached stage 1 beside ``path`` with the same settings under an older key: its
+        stored key, less the keys that no longer count and with the later-added keys at the
+        value they stand for, equals this run's (so upgrading the package does not retrain a
+        stage 1 of hours)."""
+        wanted = json.dumps(stage1_key(self.config), sort_keys=True, default=str)
+        for candidate in sorted(path.parent.glob(f"SASRec-{self.config['dataset']}-*.pth")):
+            if candidate == path:
+                continue
+            try:
+                stored = load_checkpoint(candidate).get("stage1_key")
+            except CheckpointError:  # an unreadable file is simply not a match
+                continue
+            if not isinstance(stored, dict):
+                continue
+            # stage1_key itself adds the stage-1 epoch budget after leaving _NOT_STAGE1 out.
+            stored = {
+                k: v for k, v in stored.items() if k not in _NOT_STAGE1 or k == "stage1_epochs"
+            }
+            for key, value in _ADDED_LATER.items():
+                stored.setdefault(key, value)
+            if json.dumps(plain(stored), sort_keys=True, default=str) == wanted:
+                return candidate
+        return None
 
     def _train_backbone(self, path: Path, train_data, valid_data, show_progress: bool) -> None:
         epochs = stage1_epochs(self.config)
