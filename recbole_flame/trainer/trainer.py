@@ -305,7 +305,9 @@ class SafeCheckpointMixin:
         return result
 
     def learning_curve(self) -> dict[str, Any]:
-        """The validation curve and when the best score was first reached."""
+        """The validation curve and when the best score was first reached (``best_epoch``).
+        Scores are rounded to 4 digits, so ties happen: RecBole keeps the model of the last
+        tie (its early stopping counts ``>=`` as better), and that model is the one tested."""
         if not self.valid_history:
             return {"valid_history": [], "best_epoch": None}
         bigger = self.config["valid_metric_bigger"]
