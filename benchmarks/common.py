@@ -3,44 +3,13 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def timed(fn: Callable[[], Any]) -> float:
-    """Wall seconds of one call."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved_samples(
-    fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 2
-) -> dict[str, list[float]]:
-    """Seconds of each of ``n`` calls of each function, calling them in turn (a, b, a, b, ...)
-    so that load on a shared machine hits all of them alike. ``fn(i)`` gets the repetition
-    index. Sample i of every function comes from the same round, so ratios can be paired."""
-    for i in range(warmup):
-        for fn in fns.values():
-            fn(i)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(n):
-        for name, fn in fns.items():
-            samples[name].append(timed(lambda fn=fn, i=i: fn(i)))
-    return samples
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 2
-) -> dict[str, float]:
-    """Median seconds per call of each function, timed by :func:`interleaved_samples`."""
-    samples = interleaved_samples(fns, n, warmup)
-    return {name: statistics.median(vals) for name, vals in samples.items()}
+from recbole_flame.utils.timing import interleaved_medians, interleaved_samples, timed  # noqa: F401
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch) -> None:

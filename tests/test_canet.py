@@ -222,13 +222,8 @@ def test_extra_right_padding_leaves_scores_unchanged(canet):
 TOY_A = list(range(1, 7))  # a 6-item cycle: its items differ in embedding dims 0-3
 TOY_B = list(range(7, 43))  # a 36-item cycle: its items differ only in dims 4-7
 TOY = dict(
-    hidden_size_list=[8, 16],
-    n_layers_list=[1, 2],
+    SMALL,
     embedding_size_list=[4, 8],
-    n_heads=2,
-    router_hidden_size=8,
-    router_n_heads=2,
-    router_inner_size=16,
     dropout_prob=0.0,
     router_dropout_prob=0.0,
     train_mode="prefix",

@@ -106,9 +106,19 @@ def all_pairs_info_nce(
     return total / (2 * z.size(1))
 
 
+def mean_inner_products(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Each pair's mean inner product of its two outputs, row by row."""
+    return torch.stack([(a * b).sum(-1).mean() for a, b in pairs])
+
+
 def pair_weights(pairs: list[tuple[torch.Tensor, torch.Tensor]], detach: bool) -> torch.Tensor:
     """``softmax`` over pairs of the negated mean inner product: less aligned pairs weigh more."""
-    scores = torch.stack([-(a * b).sum(-1).mean() for a, b in pairs])
+    return weights_from_inner(mean_inner_products(pairs), detach)
+
+
+def weights_from_inner(inner: torch.Tensor, detach: bool) -> torch.Tensor:
+    """:func:`pair_weights` from the pairs' mean inner products."""
+    scores = -inner
     if detach:
         scores = scores.detach()
     return torch.softmax(scores, dim=0)
@@ -215,8 +225,7 @@ class FLAME(SequentialRecommender):
         # Running sums of the alignment's parts over training steps (detached), read and reset
         # once per validation by the trainer: why stage 2 learns as it does (pair weights,
         # each pair's InfoNCE, the path outputs' norms, which raw dot products depend on).
-        self._align_sums: dict[str, float] = {}
-        self._align_steps = 0
+        self._align_sums: dict[tuple[str, ...], list] = {}
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -346,39 +355,52 @@ class FLAME(SequentialRecommender):
         else:
             groups = [torch.arange(n, device=item_seq.device)]
         views = list(outputs.values())
-        weights = pair_weights(list(itertools.combinations(views, 2)), self.detach_pair_weights)
+        inner = mean_inner_products(list(itertools.combinations(views, 2)))
+        weights = weights_from_inner(inner, self.detach_pair_weights)
         losses = all_pairs_info_nce(views, self.tau, self.cl_normalize, groups)
         if self.training:
-            self._record_alignment(outputs, weights, losses)
+            self._record_alignment(outputs, inner, weights, losses)
         return (weights * losses).sum()
 
     @torch.no_grad()
     def _record_alignment(
-        self, outputs: dict[str, torch.Tensor], weights: torch.Tensor, losses: torch.Tensor
+        self,
+        outputs: dict[str, torch.Tensor],
+        inner: torch.Tensor,
+        weights: torch.Tensor,
+        losses: torch.Tensor,
     ) -> None:
-        pairs = list(itertools.combinations(outputs, 2))
-        labels = [f"{a}-{b}" for a, b in pairs]
-        parts = {f"weight/{k}": w for k, w in zip(labels, weights.tolist(), strict=True)}
-        # The mean inner products the weights are a softmax of (negated): their spread says
-        # how close to one-hot the weights are.
-        for (a, b), k in zip(pairs, labels, strict=True):
-            parts[f"inner/{k}"] = (outputs[a] * outputs[b]).sum(-1).mean().item()
-        parts.update({f"info_nce/{k}": v for k, v in zip(labels, losses.tolist(), strict=True)})
-        parts.update({f"norm/{p}": out.norm(dim=-1).mean().item() for p, out in outputs.items()})
-        for key, value in parts.items():
-            self._align_sums[key] = self._align_sums.get(key, 0.0) + value
-        self._align_steps += 1
+        """Adds this step's parts to a running sum kept as a tensor on the batch's device, so a
+        training step adds no device-to-host copy; :meth:`pop_alignment_stats` reads it."""
+        norms = torch.stack([out.norm(dim=-1).mean() for out in outputs.values()])
+        step = torch.cat((weights, losses, inner, norms)).detach()
+        # With n_paths the paths, hence the parts, may change from step to step: one sum per
+        # set of paths.
+        paths = tuple(outputs)
+        if paths not in self._align_sums:
+            self._align_sums[paths] = [torch.zeros_like(step), 0]
+        self._align_sums[paths][0] += step
+        self._align_sums[paths][1] += 1
 
     def pop_alignment_stats(self) -> dict[str, dict[str, float]]:
         """Means over the training steps since the last call, then reset: ``weight``,
         ``info_nce`` and ``inner`` (mean inner product of the two outputs) per pair of paths
-        (``ll-lf``, ...), ``norm`` (mean L2 norm of each path's
-        output), and the ``lambda_r`` in force."""
+        (``ll-lf``, ...), ``norm`` (mean L2 norm of each path's output), each over the steps
+        it occurred in, and the ``lambda_r`` in force."""
         stats: dict[str, dict[str, float]] = {"lambda_r": {"value": self.lambda_r}}
-        for key, total in self._align_sums.items():
+        totals: dict[str, list[float]] = {}
+        for paths, (total, steps) in self._align_sums.items():
+            labels = [f"{a}-{b}" for a, b in itertools.combinations(paths, 2)]
+            keys = [f"{group}/{k}" for group in ("weight", "info_nce", "inner") for k in labels]
+            keys += [f"norm/{p}" for p in paths]
+            for key, value in zip(keys, total.tolist(), strict=True):
+                entry = totals.setdefault(key, [0.0, 0])
+                entry[0] += value
+                entry[1] += steps
+        for key, (total, steps) in totals.items():
             group, name = key.split("/", 1)
-            stats.setdefault(group, {})[name] = total / self._align_steps
-        self._align_sums, self._align_steps = {}, 0
+            stats.setdefault(group, {})[name] = total / steps
+        self._align_sums = {}
         return stats
 
     @contextlib.contextmanager

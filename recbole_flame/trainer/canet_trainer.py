@@ -8,32 +8,13 @@ test, the measured inference time of routed scoring against the full route on th
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from recbole_flame.model.canet import route_name, route_summary
 from recbole_flame.trainer.trainer import Trainer
-
-
-def interleaved_median_seconds(
-    fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 2
-) -> dict[str, float]:
-    """Median wall seconds per call of each function, called in turn (a, b, a, b, ...) so
-    that load on a shared machine hits them alike; ``fn(i)`` gets the repetition index."""
-    for i in range(warmup):
-        for fn in fns.values():
-            fn(i)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(n):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn(i)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in samples.items()}
+from recbole_flame.utils.timing import interleaved_medians
 
 
 class CANetTrainer(Trainer):
@@ -130,7 +111,7 @@ class CANetTrainer(Trainer):
             batch = batches[i % len(batches)]
             model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], model.full_route)
 
-        times = interleaved_median_seconds({"routed": routed, "full_route": full}, n)
+        times = interleaved_medians({"routed": routed, "full_route": full}, n)
         model.route_counts.clear()
         model.route_counts.update(counts)  # timing is not evaluation
         return {
