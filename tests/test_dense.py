@@ -11,7 +11,12 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
-from recbole_flame.data import dense_train_dataloader, dense_window_rows
+from recbole_flame.data import (
+    DENSE_FIRST_STEP,
+    dense_train_dataloader,
+    dense_window_rows,
+    dense_windows,
+)
 from recbole_flame.model import flame as flame_module
 from recbole_flame.model.flame import FLAME
 from recbole_flame.model.sasrec import SASRec
@@ -38,13 +43,17 @@ def _rows(interaction: Interaction) -> list[tuple[int, tuple[int, ...], int]]:
     ]
 
 
-def _window_steps(interaction: Interaction) -> list[tuple[int, tuple[int, ...], int]]:
-    """(user, context, target) of every real step of every dense window: step t's context is
-    the window up to t, its target the next item (the row's own target after the last)."""
+def _window_steps(
+    interaction: Interaction, first: list[int] | None = None
+) -> list[tuple[int, tuple[int, ...], int]]:
+    """(user, context, target) of every trained step of every dense window: step t's context
+    is the window up to t, its target the next item (the row's own target after the last);
+    a window's steps before ``first[row]`` are not trained."""
     out = []
-    for u, ctx, target in _rows(interaction):
+    for row, (u, ctx, target) in enumerate(_rows(interaction)):
         seq = list(ctx) + [target]
-        out += [(u, tuple(seq[: t + 1]), seq[t + 1]) for t in range(len(ctx))]
+        start = first[row] if first else 0
+        out += [(u, tuple(seq[: t + 1]), seq[t + 1]) for t in range(start, len(ctx))]
     return out
 
 
@@ -78,6 +87,86 @@ def test_window_rows_by_hand():
     assert dense_window_rows(users, lengths4, 4, last_only=True).tolist() == [5, 7]
     with pytest.raises(ValueError, match="time order"):
         dense_window_rows(users, lengths4[::-1].copy(), 4)
+
+
+def test_min_context_windows_by_hand():
+    # one user, 9 training rows, L = 4 (contexts 1, 2, 3, 4, 4, ...)
+    users = np.zeros(9, dtype=np.int64)
+    lengths = np.minimum(np.arange(1, 10), 4)
+    # C = 1: the covering, rows 9 (targets 6..9), 5 (2..5), 1 (1)
+    rows, first = dense_windows(users, lengths, 4)
+    assert rows.tolist() == [0, 4, 8] and first.tolist() == [0, 0, 0]
+    # C = 3: row 9 trains its steps with >= 3 items before them (targets 8, 9), row 7 targets
+    # 6, 7, row 5 targets 4, 5, row 3 starts at the first item: targets 1..3, all its steps.
+    rows, first = dense_windows(users, lengths, 4, min_context=3)
+    assert rows.tolist() == [2, 4, 6, 8] and first.tolist() == [0, 2, 2, 2]
+    # C = L: one window per target beyond the first L, each step at prefix's full context
+    rows, first = dense_windows(users, lengths, 4, min_context=4)
+    assert rows.tolist() == [3, 4, 5, 6, 7, 8] and first.tolist() == [0, 3, 3, 3, 3, 3]
+    # last_only ignores it: the authors' one window per user, every step trained
+    rows, first = dense_windows(users, lengths, 4, last_only=True, min_context=3)
+    assert rows.tolist() == [8] and first.tolist() == [0]
+    with pytest.raises(ValueError, match="min_context"):
+        dense_windows(users, lengths, 4, min_context=5)
+
+
+def _dense_with(config, train_data, **settings):
+    before = {k: config[k] for k in settings}
+    config.final_config_dict.update(settings)
+    try:
+        return dense_train_dataloader(config, train_data)
+    finally:
+        config.final_config_dict.update(before)
+
+
+@pytest.mark.parametrize("min_context", [2, 17, L])
+def test_min_context_covers_every_target_once_with_enough_context(prefix_setup, min_context):
+    config, train_data = prefix_setup
+    prefix = _rows(train_data._dataset.inter_feat)
+    covering = dense_train_dataloader(config, train_data)
+    windows = _dense_with(config, train_data, dense_min_context=min_context)._dataset.inter_feat
+    trained = _window_steps(windows, windows[DENSE_FIRST_STEP].tolist())
+    assert Counter((u, t) for u, _, t in trained) == Counter((u, t) for u, _, t in prefix)
+    prefix_context = {(u, t): c for u, c, t in prefix}
+    for u, ctx, t in trained:
+        full = prefix_context[(u, t)]
+        assert full[len(full) - len(ctx) :] == ctx and len(ctx) >= min(min_context, len(full))
+    assert len(windows) > len(covering._dataset)  # overlapping windows: more rows
+    if min_context == L:  # every target at exactly prefix's context
+        assert all(ctx == prefix_context[(u, t)] for u, ctx, t in trained)
+
+
+def _long_user_batches(config, train_data, n_users: int = 2):
+    """Prefix rows and ``dense_min_context: L`` windows of the first users longer than L."""
+    prefix = train_data._dataset.inter_feat
+    dense = _dense_with(config, train_data, dense_min_context=L)._dataset.inter_feat
+    counts = Counter(prefix["user_id"].tolist())
+    users = torch.tensor([u for u, n in counts.items() if 2 * L < n < 4 * L][:n_users])
+    return prefix[torch.isin(prefix["user_id"], users).numpy()], dense[
+        torch.isin(dense["user_id"], users).numpy()
+    ]
+
+
+def test_min_context_l_dense_loss_is_mean_of_all_prefix_losses(prefix_setup):
+    """With ``dense_min_context: L`` every trained step sees prefix's own context, so for users
+    much longer than L the dense loss is RecBole's prefix loss over all their rows."""
+    config, train_data = prefix_setup
+    prefix, dense = _long_user_batches(config, train_data)
+    torch.manual_seed(0)
+    reference = RecBoleSASRec(config, train_data._dataset).eval()
+    config["train_mode"] = "dense"
+    try:
+        model = SASRec(config, train_data._dataset).eval()
+    finally:
+        config["train_mode"] = "prefix"
+    model.load_state_dict(reference.state_dict())
+    assert len(prefix) > 4 * L and len(dense) < len(prefix)
+    with torch.no_grad():
+        expected = reference.calculate_loss(prefix)
+        got = model.calculate_loss(dense)
+        del dense.interaction[DENSE_FIRST_STEP]  # without the mask: duplicated targets count
+        assert not torch.allclose(model.calculate_loss(dense), expected, atol=1e-4)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_dense_epoch_covers_every_prefix_target_once(prefix_setup):
@@ -169,6 +258,27 @@ def _flame_with(config, dataset, **settings) -> FLAME:
         config.final_config_dict.update(before)
 
 
+def test_flame_min_context_l_losses_equal_prefix_losses(flame_setup):
+    """FLAME's alignment reads the steps the recommendation loss trains: with
+    ``dense_min_context: L`` and one InfoNCE group, both dense losses equal prefix FLAME's on
+    the same users' prefix rows (RecBole's positions, where dense steps are exact)."""
+    config, train_data = flame_setup
+    prefix, dense = _long_user_batches(config, train_data)
+    common = dict(position_alignment="start", train_batch_size=len(prefix))
+    reference = _flame_with(config, train_data._dataset, **common)
+    model = _flame_with(config, train_data._dataset, train_mode="dense", **common)
+    torch.manual_seed(1)
+    for p in reference.frozen.parameters():
+        p.data.normal_(0, 0.05)  # a frozen network unlike the learnable one
+    model.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        expected = reference.calculate_loss(prefix)
+        got = model.calculate_loss(dense)
+    assert expected[1] > 0
+    for a, b in zip(got, expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("mixing", ["tiled", "independent"])
 def test_flame_step_outputs_equal_prefix_outputs(flame_setup, mixing):
     """Dense training reads every step of every path: with RecBole's positions (``start``)
@@ -258,6 +368,8 @@ def test_all_pairs_info_nce_one_group_is_plain_info_nce():
             },
             "needs loss_type: CE",
         ),
+        ("SASRec", {"dense_min_context": 0}, "dense_min_context"),
+        ("SASRec", {"dense_min_context": 10_000}, "exceeds MAX_ITEM_LIST_LENGTH"),
     ],
 )
 def test_bad_train_mode_stops_before_data(data_root, workdir, model, overrides, message):
@@ -297,6 +409,18 @@ def tim4rec_setup(data_root, tmp_path_factory):
 def test_tim4rec_causal_dense_loss_is_mean_of_prefix_losses(tim4rec_setup):
     config, model, train_data = tim4rec_setup
     prefix, dense = _fitting_batches(config, train_data)
+    with torch.no_grad():
+        model.dense = False
+        expected = model.calculate_loss(prefix)
+        model.dense = True
+        got = model.calculate_loss(dense)
+        model.dense = False
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_tim4rec_min_context_l_dense_loss_is_mean_of_all_prefix_losses(tim4rec_setup):
+    config, model, train_data = tim4rec_setup
+    prefix, dense = _long_user_batches(config, train_data)
     with torch.no_grad():
         model.dense = False
         expected = model.calculate_loss(prefix)

@@ -539,6 +539,7 @@ RULES: dict[str, Rule] = {
     # this package: every sequential model
     "train_mode": one_of(*TRAIN_MODES),
     "dense_windows": one_of(*DENSE_WINDOWS),
+    "dense_min_context": integer(),
     "position_alignment": one_of(*POSITION_ALIGNMENTS),
     "history_limit": integer(none=True),
     "eval_exclude_history": boolean(),

@@ -197,6 +197,7 @@ class Config(RecBoleConfig):
         # Package-wide keys (see properties/overall.yaml of RecBole for the others).
         final.setdefault("train_mode", "prefix")
         final.setdefault("dense_windows", "all")
+        final.setdefault("dense_min_context", 1)
         final.setdefault("position_alignment", "start")
         final.setdefault("history_limit", None)
         final.setdefault("eval_exclude_history", False)
@@ -216,6 +217,12 @@ class Config(RecBoleConfig):
         # the others through to fail after the data loads: check every value here first.
         check_user_keys(self.external_config_dict, extra_known=self.internal_config_dict)
         check_config_values(self.final_config_dict, self.model, self.model_class)
+        max_len = self.final_config_dict.get("MAX_ITEM_LIST_LENGTH")
+        if isinstance(max_len, int) and self.final_config_dict["dense_min_context"] > max_len:
+            raise ConfigError(
+                f"dense_min_context={self.final_config_dict['dense_min_context']} exceeds "
+                f"MAX_ITEM_LIST_LENGTH={max_len}; use a value from 1 to {max_len}"
+            )
         super()._set_default_parameters()
         for key in PATH_KEYS:
             value = self.final_config_dict.get(key)

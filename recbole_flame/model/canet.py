@@ -92,7 +92,12 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from torch import nn
 
-from recbole_flame.model.layers.sequence import dense_targets, position_ids, trim_batch
+from recbole_flame.model.layers.sequence import (
+    dense_targets,
+    first_trained_step,
+    position_ids,
+    trim_batch,
+)
 from recbole_flame.utils.errors import ConfigError
 
 Route = tuple[int, int, int]  # (hidden, layers, embedding)
@@ -875,7 +880,9 @@ class CANet(SequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         pos = interaction[self.POS_ITEM_ID]
         if self.dense:
-            targets, steps = dense_targets(item_seq, item_seq_len, pos)
+            targets, steps = dense_targets(
+                item_seq, item_seq_len, pos, first_trained_step(interaction)
+            )
             row = steps.nonzero(as_tuple=True)[0]
             return item_seq, item_seq_len, steps, targets[steps], row
         row = torch.arange(item_seq.size(0), device=item_seq.device)

@@ -38,7 +38,7 @@ from recbole_flame.model.authors_sasrec import (
     map_item_rows,
     rename_authors_state_dict,
 )
-from recbole_flame.model.layers.sequence import trim_batch
+from recbole_flame.model.layers.sequence import dense_step_mask, first_trained_step, trim_batch
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint, read_torch_file
 from recbole_flame.utils.errors import CheckpointError, ConfigError
@@ -340,15 +340,21 @@ class FLAME(SequentialRecommender):
             rec_loss = F.cross_entropy(logits, interaction[self.POS_ITEM_ID])
         if self.lambda_r == 0.0:
             return rec_loss, rec_loss.new_zeros(())
-        return rec_loss, self.lambda_r * self.alignment_loss(item_seq, item_seq_len)
+        align = self.alignment_loss(item_seq, item_seq_len, first_trained_step(interaction))
+        return rec_loss, self.lambda_r * align
 
-    def alignment_loss(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+    def alignment_loss(
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        first_step: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``sum_p w_p InfoNCE_p`` over the unordered pairs of path outputs (at the last real
-        step, or in dense mode at every real step)."""
+        step, or in dense mode at every trained step: the steps the recommendation loss uses)."""
         outputs = self.path_outputs(item_seq, item_seq_len, all_steps=self.dense)
         if self.dense:
-            real = torch.arange(item_seq.size(1), device=item_seq.device) < item_seq_len[:, None]
-            outputs = {p: out[real] for p, out in outputs.items()}
+            trained = dense_step_mask(item_seq_len, item_seq.size(1), first_step)
+            outputs = {p: out[trained] for p, out in outputs.items()}
         n = next(iter(outputs.values())).size(0)
         if n > self.cl_group_size:  # random groups, one draw shared by every pair
             groups = list(torch.randperm(n, device=item_seq.device).split(self.cl_group_size))

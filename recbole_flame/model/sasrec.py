@@ -29,7 +29,12 @@ from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from recbole_flame.model.layers.attention import set_attention_impl
 from recbole_flame.model.layers.fast import use_fast_dropout, use_fused_activation
-from recbole_flame.model.layers.sequence import dense_targets, position_ids, trim_batch
+from recbole_flame.model.layers.sequence import (
+    dense_targets,
+    first_trained_step,
+    position_ids,
+    trim_batch,
+)
 
 
 class SASRec(RecBoleSASRec):
@@ -79,7 +84,9 @@ class SASRec(RecBoleSASRec):
     def dense_loss(self, interaction) -> torch.Tensor:
         """Mean CE of the next item over every real step of every window."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        targets, real = dense_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
+        targets, real = dense_targets(
+            item_seq, item_seq_len, interaction[self.POS_ITEM_ID], first_trained_step(interaction)
+        )
         output = self.encode_all(item_seq, item_seq_len)[real]
         return F.cross_entropy(output @ self.item_embedding.weight.T, targets[real])
 

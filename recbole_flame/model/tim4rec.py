@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_flame.model.layers.sequence import dense_targets, trim_batch
+from recbole_flame.model.layers.sequence import dense_targets, first_trained_step, trim_batch
 from recbole_flame.model.layers.ssd import CausalConv1d, GatedRMSNorm, check_backend, ssd
 from recbole_flame.utils.errors import ConfigError
 
@@ -469,6 +469,7 @@ class TiM4Rec(SequentialRecommender):
                 interaction[self.ITEM_SEQ],
                 interaction[self.ITEM_SEQ_LEN],
                 interaction[self.POS_ITEM_ID],
+                first_trained_step(interaction),
             )
             output = self._encode(interaction, all_steps=True)[real]
             return self.loss_fct(output @ self.item_embedding.weight.T, targets[real])

@@ -64,7 +64,7 @@ _NOT_STAGE1 = frozenset(
 
 # Package-wide keys added after stage-1 caches were first written, with the value every run had
 # before the key existed: a cache whose stored key lacks one of them was trained with it.
-_ADDED_LATER = {"dense_windows": "all"}
+_ADDED_LATER = {"dense_windows": "all", "dense_min_context": 1}
 
 
 @contextlib.contextmanager

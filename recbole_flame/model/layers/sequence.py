@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
+from recbole_flame.data.dense import DENSE_FIRST_STEP
+
 TRAIN_MODES = ("prefix", "dense")
 POSITION_ALIGNMENTS = ("start", "end")
 
@@ -26,15 +28,35 @@ def trim_batch(interaction: Interaction, length_field: str, list_suffix: str) ->
     return Interaction(fields)
 
 
+def first_trained_step(interaction: Interaction) -> torch.Tensor | None:
+    """Per window, the first step that is trained (``dense_min_context``), or None: all."""
+    return interaction[DENSE_FIRST_STEP] if DENSE_FIRST_STEP in interaction else None
+
+
+def dense_step_mask(
+    item_seq_len: torch.Tensor, length: int, first_step: torch.Tensor | None = None
+) -> torch.Tensor:
+    """B x ``length`` mask of the trained steps: real, and from ``first_step`` on if given."""
+    steps = torch.arange(length, device=item_seq_len.device)
+    mask = steps < item_seq_len.unsqueeze(1)
+    if first_step is not None:
+        mask &= steps >= first_step.unsqueeze(1)
+    return mask
+
+
 def dense_targets(
-    item_seq: torch.Tensor, item_seq_len: torch.Tensor, pos_items: torch.Tensor
+    item_seq: torch.Tensor,
+    item_seq_len: torch.Tensor,
+    pos_items: torch.Tensor,
+    first_step: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next item at every step of ``item_seq`` and the mask of real steps (both B x l).
+    """The next item at every step of ``item_seq`` and the mask of trained steps (both B x l).
 
     Step t's target is item t+1 of the sequence; the last real step's is the row's own target.
+    Steps before ``first_step`` (context whose targets an overlapping window trains) and padded
+    steps are masked out, their target 0.
     """
-    steps = torch.arange(item_seq.size(1), device=item_seq.device)
-    real = steps < item_seq_len.unsqueeze(1)
+    real = dense_step_mask(item_seq_len, item_seq.size(1), first_step)
     targets = F.pad(item_seq[:, 1:], (0, 1))
     last = (item_seq_len - 1).unsqueeze(1)
     targets = targets.scatter(1, last, pos_items.unsqueeze(1))
