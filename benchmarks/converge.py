@@ -99,6 +99,11 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def result_file(out_dir: Path, label: str, seed: int) -> Path:
+    """Where a run's result lives: ``<out_dir>/<label slug>-seed<k>.json``."""
+    return out_dir / f"{slug(label)}-seed{seed}.json"
+
+
 def run_config(spec: dict, label: str, seed: int, out_dir: Path) -> tuple[dict[str, Any], Path]:
     """The config dict of one (run, seed) of ``spec`` and its checkpoint folder."""
     entry = spec["runs"][label]
@@ -141,7 +146,7 @@ def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
         "sitting_wall_seconds": time.perf_counter() - start,
         "result": result,
     }
-    write_json(out_dir / f"{slug(label)}-seed{seed}.json", record)
+    write_json(result_file(out_dir, label, seed), record)
     return record
 
 
@@ -185,7 +190,7 @@ def summarize(spec: dict, out_dir: Path) -> str:
     records: dict[str, dict[int, dict]] = {}
     for label in spec["runs"]:
         for seed in spec["seeds"]:
-            path = out_dir / f"{slug(label)}-seed{seed}.json"
+            path = result_file(out_dir, label, seed)
             if path.is_file():
                 records.setdefault(label, {})[seed] = json.loads(path.read_text())
     # A run's result may hold a baseline measured inside it (FLAME's frozen stage-1 SASRec on
@@ -279,7 +284,7 @@ def main() -> None:
             for label in spec["runs"]:
                 if args.only and label not in args.only:
                     continue
-                if (out_dir / f"{slug(label)}-seed{seed}.json").is_file():
+                if (result_file(out_dir, label, seed)).is_file():
                     print(f"== {label} seed {seed}: done", flush=True)
                     continue
                 run_one(spec, label, seed, out_dir)
