@@ -205,7 +205,10 @@ def summarize(spec: dict, out_dir: Path) -> str:
         key=lambda k: (METRIC_ORDER.index(k.split("@")[0]) if k.split("@")[0] in METRIC_ORDER
                        else 99, int(k.split("@")[1]) if "@" in k else 0),
     )
-    headers = ["run", "seeds", *metrics, "best epoch", "epochs run", "s to best", "s total"]
+    headers = [
+        "run", "seeds", *metrics, "best epoch", "epochs run", "train s / epoch", "s to best",
+        "s total",
+    ]
     rows = []
     for label, runs in records.items():
         results = [r["result"] for r in runs.values()]
@@ -224,6 +227,11 @@ def summarize(spec: dict, out_dir: Path) -> str:
                     )
                     for k in ("best_epoch", "epochs_run")
                 ],
+                # the median epoch: robust to the first epoch's warm-up and to machine load
+                mean_std(
+                    [statistics.median(r["epoch_train_seconds"]) for r in results
+                     if r.get("epoch_train_seconds")]
+                ),
                 *[
                     mean_std([float(r[k]) for r in results if r.get(k) is not None])
                     for k in ("elapsed_seconds_to_best", "elapsed_seconds")

@@ -15,11 +15,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.converge import dig, load_spec, slug, summarize  # noqa: E402
 
 
-def _record(auc: float, logloss: float, extra: float | None) -> dict:
+def _record(auc: float, logloss: float, extra: float | None, epoch_s: float = 1.0) -> dict:
     result = {
         "test_result": {"auc": auc, "logloss": logloss},
         "best_epoch": 3,
         "epochs_run": 8,
+        "epoch_train_seconds": [9.0 * epoch_s, epoch_s, 2.0 * epoch_s],  # median: 2 epoch_s
         "elapsed_seconds_to_best": 1.0,
         "elapsed_seconds": 2.0,
     }
@@ -41,7 +42,7 @@ def test_summary_tabulates_extras_and_paired_differences(tmp_path):
     c = [(0.775, 0.551), (0.781, 0.547), (0.772, 0.559)]
     for seed, (auc, ll, extra) in zip(spec["seeds"], a, strict=True):
         (tmp_path / f"{slug('A B')}-seed{seed}.json").write_text(
-            json.dumps(_record(auc, ll, extra))
+            json.dumps(_record(auc, ll, extra, epoch_s=seed))
         )
     for seed, (auc, ll) in zip(spec["seeds"], c, strict=True):
         (tmp_path / f"C-seed{seed}.json").write_text(json.dumps(_record(auc, ll, None)))
@@ -49,6 +50,9 @@ def test_summary_tabulates_extras_and_paired_differences(tmp_path):
     extra_line = next(line for line in text.splitlines() if line.startswith("| A B | 3 | 0.7100"))
     assert f"± {statistics.stdev([0.70, 0.72, 0.71]):.4f}" in extra_line
     assert not any(line.startswith("| C | 3 | -") for line in text.splitlines())
+    # train s / epoch: the median epoch of each seed (2 x seed), then mean ± sd over seeds
+    row = next(line for line in text.splitlines() if line.startswith("| A B | 3 | 0.7800"))
+    assert row.split(" | ")[6] == f"{4.0:.4f} ± {statistics.stdev([2.0, 4.0, 6.0]):.4f}"
     diffs = [x[0] - y[0] for x, y in zip(a, c, strict=True)]
     mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
     t = mean / (sd / math.sqrt(3))
@@ -93,7 +97,7 @@ def test_derived_rows_pair_a_run_with_the_baseline_inside_it(tmp_path):
     assert cells[1] == "2"
     assert cells[2] == f"{statistics.mean(stage1):.4f} ± {statistics.stdev(stage1):.4f}"
     assert cells[3] == f"{statistics.mean([101, 102]):.4f} ± {statistics.stdev([101, 102]):.4f}"
-    assert cells[4:] == ["-", "-", "-"]  # not in its derived result
+    assert cells[4:] == ["-", "-", "-", "-"]  # not in its derived result
     line = next(line for line in text.splitlines() if "test ndcg@20" in line)
     diffs = [f - s for f, s in zip(flame, stage1, strict=True)]
     assert f"mean diff {statistics.mean(diffs):+.4f}" in line
