@@ -51,6 +51,7 @@ def slug(label: str) -> str:
 def load_spec(path: str | Path) -> dict[str, Any]:
     spec = yaml.safe_load(Path(path).read_text())
     spec.setdefault("name", Path(path).stem)
+    spec.setdefault("path", f"benchmarks/specs/{Path(path).name}")
     spec.setdefault("seeds", [2020])
     spec.setdefault("base", {})
     spec.setdefault("compare", [])
@@ -150,6 +151,48 @@ def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
     return record
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def progress_report(spec: dict, label: str, seed: int, out_dir: Path) -> str | None:
+    """Markdown learning curve of an unfinished run, read from its newest ``-last.pth`` run
+    state (its validation history), with the command that resumes it; None if it has none
+    or has finished."""
+    from recbole_flame.utils.checkpoint import load_checkpoint
+
+    if result_file(out_dir, label, seed).is_file():
+        return None
+    _, ckpt = run_config(spec, label, seed, out_dir)
+    states = sorted(ckpt.glob("*-last.pth"), key=os.path.getmtime)
+    if not states:
+        return None
+    state = load_checkpoint(states[-1])
+    history = state.get("valid_history") or []
+    if not history:
+        return None
+    best = max(history, key=lambda h: h["valid_score"])
+    rows = [[h["epoch"], h["valid_score"], round(h["train_seconds"])] for h in history]
+    name = f"{slug(label)}-seed{seed}"
+    settings = json.dumps([spec["base"], spec["runs"][label]])
+    env = "".join(f"{var}=PATH " for var in sorted(set(re.findall(r"\$(\w+)", settings))))
+    return "\n".join(
+        [
+            f"# {name}: in progress, not converged (stopped at the end of a sitting)",
+            "",
+            f"Validations so far: {len(history)}; best valid score {best['valid_score']} at epoch "
+            f"{best['epoch']}; wall seconds so far {state.get('elapsed_seconds', 0):.0f}. Run "
+            f"state (not committed, under the ignored ckpt/ folder): `{shown(states[-1])}`.",
+            "",
+            f"Resume (same command): `{env}python benchmarks/converge.py {spec['path']} --threads 1 "
+            f'--only "{label}" --seeds {seed}`',
+            "",
+            markdown_table(["epoch", "valid score", "train seconds (cumulative)"], rows),
+        ]
+    )
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -202,11 +245,19 @@ def summarize(spec: dict, out_dir: Path) -> str:
                 records.setdefault(name, {})[seed] = {"result": result}
     metrics = spec.get("report") or sorted(
         {k for runs in records.values() for r in runs.values() for k in r["result"]["test_result"]},
-        key=lambda k: (METRIC_ORDER.index(k.split("@")[0]) if k.split("@")[0] in METRIC_ORDER
-                       else 99, int(k.split("@")[1]) if "@" in k else 0),
+        key=lambda k: (
+            METRIC_ORDER.index(k.split("@")[0]) if k.split("@")[0] in METRIC_ORDER else 99,
+            int(k.split("@")[1]) if "@" in k else 0,
+        ),
     )
     headers = [
-        "run", "seeds", *metrics, "best epoch", "epochs run", "train s / epoch", "s to best",
+        "run",
+        "seeds",
+        *metrics,
+        "best epoch",
+        "epochs run",
+        "train s / epoch",
+        "s to best",
         "s total",
     ]
     rows = []
@@ -229,8 +280,11 @@ def summarize(spec: dict, out_dir: Path) -> str:
                 ],
                 # the median epoch: robust to the first epoch's warm-up and to machine load
                 mean_std(
-                    [statistics.median(r["epoch_train_seconds"]) for r in results
-                     if r.get("epoch_train_seconds")]
+                    [
+                        statistics.median(r["epoch_train_seconds"])
+                        for r in results
+                        if r.get("epoch_train_seconds")
+                    ]
                 ),
                 *[
                     mean_std([float(r[k]) for r in results if r.get(k) is not None])
@@ -279,6 +333,11 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated seeds (default: the spec's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--summary", action="store_true", help="print the table and stop")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="write in_progress-<run>.md (learning curve so far) for each unfinished run, and stop",
+    )
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<spec name>")
     args = parser.parse_args()
     spec = load_spec(args.spec)
@@ -287,6 +346,17 @@ def main() -> None:
     out_dir = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / spec["name"]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.progress:
+        for seed in spec["seeds"]:
+            for label in spec["runs"]:
+                stale = out_dir / f"in_progress-{slug(label)}-seed{seed}.md"
+                report = progress_report(spec, label, seed, out_dir)
+                if report is None:
+                    stale.unlink(missing_ok=True)  # finished (or never started)
+                    continue
+                stale.write_text(report + "\n")
+                print(f"wrote {shown(stale)}")
+        return
     if not args.summary:
         for seed in spec["seeds"]:
             for label in spec["runs"]:

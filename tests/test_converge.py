@@ -160,3 +160,35 @@ def test_time_to_accuracy_from_learning_curves(tmp_path):
     line = next(line for line in summarize(spec, tmp_path).splitlines() if "Time to" in line)
     assert "mean 0.150" in line and "seed 1: 30 s (epoch 3) / 200 s = 0.150" in line
     assert "seed 2: never reached 0.0700" in line
+
+
+def test_progress_report_reads_the_unfinished_runs_state(tmp_path):
+    """``--progress``: the learning curve of a run that has a run state and no result, with its
+    resume command (the environment variables its settings read named); none once finished."""
+    import torch
+
+    from benchmarks.converge import progress_report, result_file, run_config
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [7]\n"
+        "runs:\n  A b: {model: FLAME, config: {frozen_checkpoint: $WEIGHTS/x.pt}}\n"
+    )
+    spec = load_spec(spec_file)
+    assert progress_report(spec, "A b", 7, tmp_path) is None  # never started
+    _, ckpt = run_config(spec, "A b", 7, tmp_path)
+    ckpt.mkdir(parents=True)
+    history = [
+        {"epoch": 1, "valid_score": 0.01, "train_seconds": 10.4},
+        {"epoch": 2, "valid_score": 0.03, "train_seconds": 20.6},
+        {"epoch": 3, "valid_score": 0.02, "train_seconds": 31.0},
+    ]
+    state = {"state_dict": {"w": torch.zeros(1)}, "valid_history": history, "elapsed_seconds": 40.0}
+    torch.save(state, ckpt / "A-x-last.pth")
+    text = progress_report(spec, "A b", 7, tmp_path)
+    assert "Validations so far: 3; best valid score 0.03 at epoch 2; wall seconds so far 40" in text
+    assert "`WEIGHTS=PATH python benchmarks/converge.py benchmarks/specs/s.yaml" in text
+    assert '--only "A b" --seeds 7`' in text
+    assert "| 2 | 0.0300 | 21 |" in text or "| 2 | 0.03 | 21 |" in text
+    result_file(tmp_path, "A b", 7).write_text("{}")
+    assert progress_report(spec, "A b", 7, tmp_path) is None  # finished
