@@ -70,7 +70,8 @@ def test_valid_values_of_structured_keys_pass(monkeypatch):
 @pytest.mark.parametrize(
     ("settings", "words"),
     [
-        ({"epochs": "abc"}, ["epochs", "'abc'", "positive integer"]),
+        ({"epochs": "abc"}, ["epochs", "'abc'", "integer >= 0"]),
+        ({"epochs": -1}, ["epochs", "-1", "integer >= 0"]),
         ({"learning_rate": -1}, ["learning_rate", "-1", "positive number"]),
         ({"train_batch_size": 2.5}, ["train_batch_size", "2.5"]),
         ({"stopping_step": -1}, ["stopping_step", ">= 0"]),

@@ -309,6 +309,19 @@ def test_stage1_cache_written_before_later_keys_is_reused(data_root, workdir):
     assert third["stage1_source"] == "trained" and third["stage1_checkpoint"] == str(current)
 
 
+def test_epochs_0_scores_the_given_frozen_network(data_root, workdir, sasrec_checkpoint):
+    """``epochs: 0`` with a frozen checkpoint trains nothing and reports the frozen network's own
+    test result (the README's command for the authors' weights): RecBole's SASRec evaluator
+    on the same checkpoint gives the same numbers."""
+    config = flame_config(data_root, seed=42, frozen_checkpoint=sasrec_checkpoint, epochs=0)
+    result = run("FLAME", TINY, config_dict=config, saved=False)
+    _, _, trainer, (_, _, test_data) = prepare(
+        "SASRec", TINY, config_dict=flame_config(data_root, seed=42)
+    )
+    expected = trainer.evaluate(test_data, load_best_model=True, model_file=sasrec_checkpoint)
+    assert result["stage1_test_result"] == pytest.approx(dict(expected))
+
+
 def test_frozen_checkpoint_that_does_not_fit(data_root, workdir, sasrec_checkpoint):
     config = flame_config(data_root, hidden_size=32, frozen_checkpoint=sasrec_checkpoint)
     with pytest.raises(CheckpointError) as info:

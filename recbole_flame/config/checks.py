@@ -479,7 +479,7 @@ RULES: dict[str, Rule] = {
     "wandb_project": text(),
     "shuffle": boolean(),
     # training
-    "epochs": integer(),
+    "epochs": integer(lo=0),  # 0: evaluate the initial model (FLAME: a given frozen network)
     "train_batch_size": integer(),
     "learner": one_of(
         "adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam", ignore_case=True
