@@ -127,6 +127,16 @@ def run_config(spec: dict, label: str, seed: int, out_dir: Path) -> tuple[dict[s
     return config, ckpt
 
 
+def prepare_run(spec: dict, label: str, seed: int, out_dir: Path) -> tuple:
+    """``recbole_flame.quick_start.prepare`` for one (run, seed) of ``spec``, quietly: what the
+    probes read a run's model, trainer and data with. Returns prepare's tuple."""
+    from recbole_flame.quick_start import prepare
+
+    config, _ = run_config(spec, label, seed, out_dir)
+    config["state"] = "WARNING"
+    return prepare(spec["runs"][label]["model"], spec["dataset"], config_dict=config)
+
+
 def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
     from recbole_flame.quick_start import run
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table, write_json  # noqa: E402
-from benchmarks.converge import load_spec, provenance, run_config  # noqa: E402
+from benchmarks.converge import load_spec, prepare_run, provenance  # noqa: E402
 
 
 def _flat(grads, params) -> torch.Tensor:
@@ -78,16 +78,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
-    from recbole_flame.quick_start import prepare
     from recbole_flame.utils.checkpoint import load_checkpoint
 
     spec = load_spec(args.spec)
     out_dir = ROOT / "benchmarks" / "results" / spec["name"]
-    config, _ = run_config(spec, args.label, args.seed, out_dir)
-    config["state"] = "WARNING"
-    _, model, trainer, (train_data, _, _) = prepare(
-        spec["runs"][args.label]["model"], spec["dataset"], config_dict=config
-    )
+    config, model, trainer, (train_data, _, _) = prepare_run(spec, args.label, args.seed, out_dir)
     init = {k: v.clone() for k, v in model.learnable.state_dict().items()}
     batches = []
     for batch in train_data:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table, write_json  # noqa: E402
-from benchmarks.converge import load_spec, provenance, result_file, run_config  # noqa: E402
+from benchmarks.converge import load_spec, prepare_run, provenance, result_file  # noqa: E402
 
 
 def held_out_ranks(trainer, test_data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +69,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
-    from recbole_flame.quick_start import prepare
     from recbole_flame.utils.checkpoint import load_checkpoint
 
     spec = load_spec(args.spec)
@@ -78,11 +77,7 @@ def main() -> None:
     rows = []
     for label in args.labels:
         record = json.loads(result_file(out_dir, label, args.seed).read_text())
-        config, _ = run_config(spec, label, args.seed, out_dir)
-        config["state"] = "WARNING"
-        _, model, trainer, (_, _, test_data) = prepare(
-            spec["runs"][label]["model"], spec["dataset"], config_dict=config
-        )
+        config, model, trainer, (_, _, test_data) = prepare_run(spec, label, args.seed, out_dir)
         model.load_state_dict(load_checkpoint(record["result"]["checkpoint"])["state_dict"])
         ranks, lengths = held_out_ranks(trainer, test_data)
         max_len = int(config["MAX_ITEM_LIST_LENGTH"])

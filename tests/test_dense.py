@@ -137,21 +137,25 @@ def test_min_context_covers_every_target_once_with_enough_context(prefix_setup, 
 
 
 def _long_user_batches(config, train_data, n_users: int = 2):
-    """Prefix rows and ``dense_min_context: L`` windows of the first users longer than L."""
+    """Prefix rows and ``dense_min_context: L`` windows of the first users longer than 2L."""
+    dense = _dense_with(config, train_data, dense_min_context=L)
+    return _user_batches(train_data, dense, lambda n: 2 * L < n < 4 * L, n_users)
+
+
+def _user_batches(train_data, dense_loader, keep, n_users: int):
+    """Prefix rows and dense windows of the first ``n_users`` users whose count of training
+    rows passes ``keep``."""
     prefix = train_data._dataset.inter_feat
-    dense = _dense_with(config, train_data, dense_min_context=L)._dataset.inter_feat
+    dense = dense_loader._dataset.inter_feat
     counts = Counter(prefix["user_id"].tolist())
-    users = torch.tensor([u for u, n in counts.items() if 2 * L < n < 4 * L][:n_users])
+    users = torch.tensor([u for u, n in counts.items() if keep(n)][:n_users])
     return prefix[torch.isin(prefix["user_id"], users).numpy()], dense[
         torch.isin(dense["user_id"], users).numpy()
     ]
 
 
-def test_min_context_l_dense_loss_is_mean_of_all_prefix_losses(prefix_setup):
-    """With ``dense_min_context: L`` every trained step sees prefix's own context, so for users
-    much longer than L the dense loss is RecBole's prefix loss over all their rows."""
-    config, train_data = prefix_setup
-    prefix, dense = _long_user_batches(config, train_data)
+def _sasrec_pair(config, train_data) -> tuple:
+    """RecBole's SASRec (prefix) and this package's dense SASRec holding the same weights."""
     torch.manual_seed(0)
     reference = RecBoleSASRec(config, train_data._dataset).eval()
     config["train_mode"] = "dense"
@@ -160,6 +164,15 @@ def test_min_context_l_dense_loss_is_mean_of_all_prefix_losses(prefix_setup):
     finally:
         config["train_mode"] = "prefix"
     model.load_state_dict(reference.state_dict())
+    return reference, model
+
+
+def test_min_context_l_dense_loss_is_mean_of_all_prefix_losses(prefix_setup):
+    """With ``dense_min_context: L`` every trained step sees prefix's own context, so for users
+    much longer than L the dense loss is RecBole's prefix loss over all their rows."""
+    config, train_data = prefix_setup
+    prefix, dense = _long_user_batches(config, train_data)
+    reference, model = _sasrec_pair(config, train_data)
     assert len(prefix) > 4 * L and len(dense) < len(prefix)
     with torch.no_grad():
         expected = reference.calculate_loss(prefix)
@@ -191,26 +204,14 @@ def test_dense_epoch_covers_every_prefix_target_once(prefix_setup):
 
 def _fitting_batches(config, train_data, n_users: int = 3):
     """Prefix rows and dense windows of the first users whose sequence fits in L."""
-    prefix = train_data._dataset.inter_feat
-    dense = dense_train_dataloader(config, train_data)._dataset.inter_feat
-    counts = Counter(prefix["user_id"].tolist())
-    users = [u for u, n in counts.items() if n <= L][:n_users]
-    pick = torch.isin(prefix["user_id"], torch.tensor(users))
-    pick_dense = torch.isin(dense["user_id"], torch.tensor(users))
-    return prefix[pick.numpy()], dense[pick_dense.numpy()]
+    dense = dense_train_dataloader(config, train_data)
+    return _user_batches(train_data, dense, lambda n: n <= L, n_users)
 
 
 def test_dense_loss_is_mean_of_prefix_losses(prefix_setup):
     config, train_data = prefix_setup
     prefix, dense = _fitting_batches(config, train_data)
-    torch.manual_seed(0)
-    reference = RecBoleSASRec(config, train_data._dataset).eval()
-    config["train_mode"] = "dense"
-    try:
-        model = SASRec(config, train_data._dataset).eval()
-    finally:
-        config["train_mode"] = "prefix"
-    model.load_state_dict(reference.state_dict())
+    reference, model = _sasrec_pair(config, train_data)
     assert len(dense) == 3 and len(prefix) > 3 * 5
     with torch.no_grad():
         expected = reference.calculate_loss(prefix)  # mean CE over the prefix rows
@@ -285,9 +286,7 @@ def test_flame_step_outputs_equal_prefix_outputs(flame_setup, mixing):
     step t must equal the last-step output of the prefix ending at t, in both mixing modes (the
     tiled mask has to be causal)."""
     config, train_data = flame_setup
-    model = _flame_with(
-        config, train_data._dataset, path_mixing=mixing, position_alignment="start"
-    )
+    model = _flame_with(config, train_data._dataset, path_mixing=mixing, position_alignment="start")
     torch.manual_seed(1)
     for p in model.frozen.parameters():
         p.data.normal_(0, 0.05)  # a frozen network unlike the learnable one
