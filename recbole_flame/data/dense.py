@@ -78,7 +78,9 @@ def dense_windows(
         i = len(rows)  # 1-based position of the row being kept
         while i > 0:
             keep.append(rows[i - 1])
-            if i <= max_len or last_only:  # starts at the user's first item: all steps exact
+            # a window from the user's first item (every step's context exact), or the
+            # authors' last window: every step trained
+            if i <= max_len or last_only:
                 first.append(0)
                 i -= min(max_len, i)
             else:  # steps with >= min_context items before them; the rest is context
