@@ -376,6 +376,8 @@ def main() -> None:
                     print(f"== {label} seed {seed}: done", flush=True)
                     continue
                 run_one(spec, label, seed, out_dir)
+                # a curve written at an earlier stop is stale once the run has its result
+                (out_dir / f"in_progress-{slug(label)}-seed{seed}.md").unlink(missing_ok=True)
     table = summarize(spec, out_dir)
     (out_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.md").write_text(table + "\n")
