@@ -1,0 +1,129 @@
+"""What CANet's routing costs: each test user on its routed sub-model against the same weights
+on other routes, and against the separately trained full supernet.
+
+    python benchmarks/canet_route_probe.py benchmarks/specs/canet_beauty_cpu.yaml --seed 1 \
+        --label CANet --full "full supernet" --k 10
+
+Reads the best-validation checkpoint of a finished CANet run of the spec and scores the test
+split by the run's own trainer (RecBole's full ranking): once routed (each user's argmax route,
+as the run's test result; checked equal), then with every user forced onto each route the router
+used on the test split, and onto the full route. Users are grouped by the route the router gave
+them. Per group, NDCG@k and HR@k of each scoring, and the *oracle*: each user on whichever of
+those routes ranks the held-out item best (what a perfect router over the same weights would get).
+If ``--full`` names a finished run of the spec (``fixed_route: full``), its checkpoint is scored
+on the same users too. So a gap to the full supernet splits into what the router's choices cost
+(routed vs the same weights' full route, and vs the oracle) and what training through the router
+did to the shared weights (the same weights' full route vs the full supernet trained alone).
+Writes ``benchmarks/results/<spec>/canet_routes-seed<k>.json`` with command, commit and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import markdown_table, write_json  # noqa: E402
+from benchmarks.converge import load_spec, prepare_run, provenance, result_file  # noqa: E402
+from benchmarks.per_user_probe import group_metrics, held_out_ranks  # noqa: E402
+from recbole_flame.model.canet import route_name  # noqa: E402
+
+
+def routed_index(model, test_data) -> torch.Tensor:
+    """The router's argmax route of each test row, in :func:`held_out_ranks`' order."""
+    seq, seq_len = model.ITEM_SEQ, model.ITEM_SEQ_LEN
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for interaction, _, positive_u, _ in test_data:
+            lengths = interaction[seq_len]
+            items = interaction[seq][:, : int(lengths.max())]  # as forward() cuts them
+            out.append(model.router_logits(items, lengths).argmax(dim=-1)[positive_u].cpu())
+    return torch.cat(out)
+
+
+def load_best(spec: dict, label: str, seed: int, out_dir: Path) -> tuple[Any, Any, Any, dict]:
+    """Model, trainer and test data of a finished run holding its best-validation weights, and
+    the run's result record."""
+    from recbole_flame.utils.checkpoint import load_checkpoint
+
+    record = json.loads(result_file(out_dir, label, seed).read_text())
+    _, model, trainer, (_, _, test_data) = prepare_run(spec, label, seed, out_dir)
+    model.load_state_dict(load_checkpoint(record["result"]["checkpoint"])["state_dict"])
+    return model, trainer, test_data, record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("spec")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--label", default="CANet", help="the routed run")
+    parser.add_argument("--full", default=None, help="the full-supernet run, if finished")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    spec = load_spec(args.spec)
+    out_dir = ROOT / "benchmarks" / "results" / spec["name"]
+
+    model, trainer, test_data, record = load_best(spec, args.label, args.seed, out_dir)
+    index = routed_index(model, test_data)
+    model.fixed_route = None
+    ranks = {"routed": held_out_ranks(trainer, test_data)[0]}
+    reported = record["result"]["test_result"][f"ndcg@{args.k}"]
+    got = group_metrics(ranks["routed"], args.k)[f"ndcg@{args.k}"]
+    assert math.isclose(got, reported, abs_tol=6e-5), (got, reported)
+
+    used = [model.routes[i] for i in index.unique().tolist()]
+    tried = used + ([model.full_route] if model.full_route not in used else [])
+    for route in tried:
+        model.fixed_route = route
+        ranks[f"all on {route_name(route)}"] = held_out_ranks(trainer, test_data)[0]
+    model.fixed_route = None
+    forced = torch.stack([ranks[f"all on {route_name(r)}"] for r in tried])
+    ranks["oracle over those routes"] = forced.min(dim=0).values
+    if args.full and result_file(out_dir, args.full, args.seed).is_file():
+        _, full_trainer, full_test, _ = load_best(spec, args.full, args.seed, out_dir)
+        ranks[f"{args.full} (trained alone)"] = held_out_ranks(full_trainer, full_test)[0]
+
+    groups = {"all users": torch.ones_like(index, dtype=torch.bool)}
+    for i in index.unique().tolist():
+        groups[f"routed to {route_name(model.routes[i])}"] = index == i
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    rows = []
+    for group, mask in groups.items():
+        metrics[group] = {name: group_metrics(r[mask], args.k) for name, r in ranks.items()}
+        for name, m in metrics[group].items():
+            rows.append([group, name, m["users"], m[f"hit@{args.k}"], m[f"ndcg@{args.k}"]])
+    table = markdown_table(["users", "scored by", "n", f"HR@{args.k}", f"NDCG@{args.k}"], rows)
+    print(table)
+    write_json(
+        out_dir / f"canet_routes-seed{args.seed}.json",
+        {
+            **provenance(),
+            "spec": spec["name"],
+            "seed": args.seed,
+            "k": args.k,
+            "routes_tried": [route_name(r) for r in tried],
+            "flops_ratio_of_route": {
+                route_name(r): model.flops_of(r) / model.full_flops for r in tried
+            },
+            "groups": metrics,
+            "table": table,
+            "wall_seconds": time.perf_counter() - start,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
