@@ -10,8 +10,17 @@ from; or a stage-2 checkpoint), on the first ``--batches`` training batches in t
 recommendation loss and the unweighted alignment ``sum_p w_p InfoNCE_p``, the L2 norms of their
 gradients on the learnable parameters, the cosine between the two gradients, and the share of
 the step that the alignment makes at that state's ``lambda_r`` (``lambda_r |g_align| /
-|g_rec|``). Also each pair's weight and InfoNCE (the model's own alignment statistics). Writes
-``benchmarks/results/<spec>/probe-seed<k>.json`` with command, commit and machine.
+|g_rec|``). Also each pair's weight and InfoNCE (the model's own alignment statistics).
+
+With ``--layout_batches N``, also what dense training does to the positions under
+``position_alignment: end``: the frozen network (eval mode) scores every trained step of N dense
+training batches twice, once as dense training feeds it (the whole window in one pass, so step t
+of an n-item window sees its items at positions L-n .. L-n+t) and once as RecBole's prefix
+sample of that target (the window's items up to t alone, the last one at position L-1, as at
+test time; RecBole's own prefix sample where the window starts at the user's first item):
+CE and HR@10 of the target (all items ranked), for the windows' last steps (the two agree there)
+and for the earlier steps. Writes ``benchmarks/results/<spec>/probe-seed<k>.json`` with command,
+commit and machine.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -66,6 +76,42 @@ def gradient_probe(model, batches: list, epoch: int) -> dict[str, Any]:
     return {"epoch": epoch, "lambda_r": lam, **summary, "alignment": model.pop_alignment_stats()}
 
 
+@torch.no_grad()
+def layout_probe(sasrec, batches: list) -> dict[str, Any]:
+    """CE and HR@10 of each trained step's target for ``sasrec`` (eval mode) as dense training
+    reads it against its exact prefix sample; per group of steps (a window's last, earlier)."""
+    from recbole_flame.model.layers.sequence import dense_targets, first_trained_step
+
+    sasrec.eval()
+    weight = sasrec.item_embedding.weight
+    parts: dict[str, list[torch.Tensor]] = {"last": [], "dense_ce": [], "prefix_ce": []}
+    parts.update({"dense_hit": [], "prefix_hit": []})
+    for batch in batches:
+        seq, lengths = batch[sasrec.ITEM_SEQ], batch[sasrec.ITEM_SEQ_LEN]
+        targets, real = dense_targets(
+            seq, lengths, batch[sasrec.POS_ITEM_ID], first_trained_step(batch)
+        )
+        rows, steps = real.nonzero(as_tuple=True)
+        target = targets[rows, steps]
+        dense = (sasrec.encode_all(seq, lengths)[rows, steps]) @ weight.T
+        keep = torch.arange(seq.size(1), device=seq.device) <= steps[:, None]
+        prefix = sasrec.forward(seq[rows] * keep, steps + 1) @ weight.T
+        parts["last"].append(steps == lengths[rows] - 1)
+        for name, logits in (("dense", dense), ("prefix", prefix)):
+            parts[f"{name}_ce"].append(F.cross_entropy(logits, target, reduction="none"))
+            above = (logits > logits.gather(1, target[:, None])).sum(dim=1)
+            parts[f"{name}_hit"].append((above < 10).float())
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    last = cat.pop("last")
+    groups = {"all steps": torch.ones_like(last), "last step of a window": last}
+    groups["earlier steps"] = ~last
+    return {
+        group: {"steps": int(mask.sum()), **{k: v[mask].mean().item() for k, v in cat.items()}}
+        for group, mask in groups.items()
+        if mask.any()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("spec")
@@ -74,6 +120,9 @@ def main() -> None:
     parser.add_argument("--states", nargs="+", default=["init"], help="init or checkpoint paths")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--layout_batches", type=int, default=0, help="dense batches for the position probe"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -87,12 +136,12 @@ def main() -> None:
     batches = []
     for batch in train_data:
         batches.append(batch.to(trainer.device))
-        if len(batches) == args.batches:
+        if len(batches) == max(args.batches, args.layout_batches):
             break
     # Every state runs against the frozen network stage 2 trains with: the spec's
     # frozen_checkpoint (e.g. the authors' weights), or the one a stage-2 checkpoint holds.
     checkpoints = [s for s in args.states if s != "init"]
-    if config.get("frozen_checkpoint"):
+    if config["frozen_checkpoint"]:
         trainer.load_frozen(config["frozen_checkpoint"], train_data._dataset)
     elif checkpoints:
         model.load_state_dict(load_checkpoint(checkpoints[0])["state_dict"])
@@ -107,7 +156,7 @@ def main() -> None:
             checkpoint = load_checkpoint(state)
             model.load_state_dict(checkpoint["state_dict"])
             epoch = int(checkpoint["epoch"]) + 1
-        probes.append({"state": state, **gradient_probe(model, batches, epoch)})
+        probes.append({"state": state, **gradient_probe(model, batches[: args.batches], epoch)})
     keys = ["rec_loss", "align_loss", "grad_norm_rec", "grad_norm_align", "cosine", "align_share"]
     rows = []
     for p in probes:
@@ -126,6 +175,12 @@ def main() -> None:
     headers = ["state", "epoch", "lambda_r", *keys, "top pair weight", "mean inner products"]
     table = markdown_table(headers, rows)
     print(table)
+    layout = None
+    if args.layout_batches:
+        layout = layout_probe(model.frozen, batches[: args.layout_batches])
+        keys = ["steps", "dense_ce", "prefix_ce", "dense_hit", "prefix_hit"]
+        layout_rows = [[group, *[v[k] for k in keys]] for group, v in layout.items()]
+        print(markdown_table(["frozen network, trained targets", *keys], layout_rows))
     write_json(
         out_dir / f"probe-seed{args.seed}.json",
         {
@@ -135,6 +190,8 @@ def main() -> None:
             "batches": args.batches,
             "probes": probes,
             "table": table,
+            "layout_batches": args.layout_batches,
+            "layout": layout,
             "wall_seconds": time.perf_counter() - start,
         },
     )
