@@ -19,13 +19,10 @@ Writes ``benchmarks/results/<spec>/canet_routes-seed<k>.json`` with command, com
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -33,7 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table, write_json  # noqa: E402
-from benchmarks.converge import load_spec, prepare_run, provenance, result_file  # noqa: E402
+from benchmarks.converge import (  # noqa: E402
+    load_finished,
+    probe_parser,
+    probe_setup,
+    provenance,
+    result_file,
+)
 from benchmarks.per_user_probe import group_metrics, held_out_ranks  # noqa: E402
 from recbole_flame.model.canet import route_name  # noqa: E402
 
@@ -51,32 +54,15 @@ def routed_index(model, test_data) -> torch.Tensor:
     return torch.cat(out)
 
 
-def load_best(spec: dict, label: str, seed: int, out_dir: Path) -> tuple[Any, Any, Any, dict]:
-    """Model, trainer and test data of a finished run holding its best-validation weights, and
-    the run's result record."""
-    from recbole_flame.utils.checkpoint import load_checkpoint
-
-    record = json.loads(result_file(out_dir, label, seed).read_text())
-    _, model, trainer, (_, _, test_data) = prepare_run(spec, label, seed, out_dir)
-    model.load_state_dict(load_checkpoint(record["result"]["checkpoint"])["state_dict"])
-    return model, trainer, test_data, record
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("spec")
-    parser.add_argument("--seed", type=int, required=True)
+    parser = probe_parser(__doc__)
     parser.add_argument("--label", default="CANet", help="the routed run")
     parser.add_argument("--full", default=None, help="the full-supernet run, if finished")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    spec = load_spec(args.spec)
-    out_dir = ROOT / "benchmarks" / "results" / spec["name"]
+    args, spec, out_dir = probe_setup(parser)
 
-    model, trainer, test_data, record = load_best(spec, args.label, args.seed, out_dir)
+    _, model, trainer, test_data, record = load_finished(spec, args.label, args.seed, out_dir)
     index = routed_index(model, test_data)
     model.fixed_route = None
     ranks = {"routed": held_out_ranks(trainer, test_data)[0]}
@@ -93,7 +79,7 @@ def main() -> None:
     forced = torch.stack([ranks[f"all on {route_name(r)}"] for r in tried])
     ranks["oracle over those routes"] = forced.min(dim=0).values
     if args.full and result_file(out_dir, args.full, args.seed).is_file():
-        _, full_trainer, full_test, _ = load_best(spec, args.full, args.seed, out_dir)
+        _, _, full_trainer, full_test, _ = load_finished(spec, args.full, args.seed, out_dir)
         ranks[f"{args.full} (trained alone)"] = held_out_ranks(full_trainer, full_test)[0]
 
     groups = {"all users": torch.ones_like(index, dtype=torch.bool)}

@@ -137,6 +137,34 @@ def prepare_run(spec: dict, label: str, seed: int, out_dir: Path) -> tuple:
     return prepare(spec["runs"][label]["model"], spec["dataset"], config_dict=config)
 
 
+def load_finished(spec: dict, label: str, seed: int, out_dir: Path) -> tuple:
+    """Config, model (holding its best-validation weights), trainer and test data of a finished
+    (run, seed) of ``spec``, and its result record: what the probes score."""
+    from recbole_flame.utils.checkpoint import load_checkpoint
+
+    record = json.loads(result_file(out_dir, label, seed).read_text())
+    config, model, trainer, (_, _, test_data) = prepare_run(spec, label, seed, out_dir)
+    model.load_state_dict(load_checkpoint(record["result"]["checkpoint"])["state_dict"])
+    return config, model, trainer, test_data, record
+
+
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every probe of a spec's runs takes: the spec, ``--seed``, ``--threads``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("spec")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def probe_setup(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict, Path]:
+    """Parsed arguments (torch threads set), the spec and its results folder."""
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec)
+    return args, spec, ROOT / "benchmarks" / "results" / spec["name"]
+
+
 def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
     from recbole_flame.quick_start import run
 

@@ -25,7 +25,6 @@ commit and machine.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table, write_json  # noqa: E402
-from benchmarks.converge import load_spec, prepare_run, provenance  # noqa: E402
+from benchmarks.converge import prepare_run, probe_parser, probe_setup, provenance  # noqa: E402
 
 
 def _flat(grads, params) -> torch.Tensor:
@@ -113,24 +112,18 @@ def layout_probe(sasrec, batches: list) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("spec")
+    parser = probe_parser(__doc__)
     parser.add_argument("--label", default="FLAME")
-    parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--states", nargs="+", default=["init"], help="init or checkpoint paths")
     parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--layout_batches", type=int, default=0, help="dense batches for the position probe"
     )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    args, spec, out_dir = probe_setup(parser)
 
     from recbole_flame.utils.checkpoint import load_checkpoint
 
-    spec = load_spec(args.spec)
-    out_dir = ROOT / "benchmarks" / "results" / spec["name"]
     config, model, trainer, (train_data, _, _) = prepare_run(spec, args.label, args.seed, out_dir)
     init = {k: v.clone() for k, v in model.learnable.state_dict().items()}
     batches = []

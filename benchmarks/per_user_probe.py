@@ -14,8 +14,6 @@ with command, commit and machine.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -28,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table, write_json  # noqa: E402
-from benchmarks.converge import load_spec, prepare_run, provenance, result_file  # noqa: E402
+from benchmarks.converge import load_finished, probe_parser, probe_setup, provenance  # noqa: E402
 
 
 def held_out_ranks(trainer, test_data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,26 +57,15 @@ def group_metrics(ranks: torch.Tensor, k: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("spec")
-    parser.add_argument("--seed", type=int, required=True)
+    parser = probe_parser(__doc__)
     parser.add_argument("--labels", nargs="+", required=True)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-
-    from recbole_flame.utils.checkpoint import load_checkpoint
-
-    spec = load_spec(args.spec)
-    out_dir = ROOT / "benchmarks" / "results" / spec["name"]
+    args, spec, out_dir = probe_setup(parser)
     per_label: dict[str, Any] = {}
     rows = []
     for label in args.labels:
-        record = json.loads(result_file(out_dir, label, args.seed).read_text())
-        config, model, trainer, (_, _, test_data) = prepare_run(spec, label, args.seed, out_dir)
-        model.load_state_dict(load_checkpoint(record["result"]["checkpoint"])["state_dict"])
+        config, model, trainer, test_data, record = load_finished(spec, label, args.seed, out_dir)
         ranks, lengths = held_out_ranks(trainer, test_data)
         max_len = int(config["MAX_ITEM_LIST_LENGTH"])
         groups = {
