@@ -192,3 +192,33 @@ def test_progress_report_reads_the_unfinished_runs_state(tmp_path):
     assert "| 2 | 0.0300 | 21 |" in text or "| 2 | 0.03 | 21 |" in text
     result_file(tmp_path, "A b", 7).write_text("{}")
     assert progress_report(spec, "A b", 7, tmp_path) is None  # finished
+
+
+def test_per_user_paired_comparison_matches_hand_computed_values() -> None:
+    """The per-user probe matches users by id (rows come in different orders), scores NDCG@k
+    from the rank, and its paired t over users equals the hand-computed one."""
+    import torch
+
+    from benchmarks.per_user_probe import paired_users
+
+    k = 3
+    # user: (rank under a, rank under b); rank >= k scores 0
+    ranks = {10: (0, 1), 11: (2, 0), 12: (5, 2), 13: (1, 1), 14: (0, 4)}
+    users_a = torch.tensor([10, 11, 12, 13, 14])
+    users_b = torch.tensor([14, 13, 12, 11, 10])
+    ranks_a = torch.tensor([ranks[int(u)][0] for u in users_a])
+    ranks_b = torch.tensor([ranks[int(u)][1] for u in users_b])
+    out = paired_users((ranks_a, users_a), (ranks_b, users_b), k)
+
+    def ndcg(r: int) -> float:
+        return 1 / math.log2(r + 2) if r < k else 0.0
+
+    diffs = [ndcg(a) - ndcg(b) for a, b in ranks.values()]
+    mean = statistics.mean(diffs)
+    t = mean / (statistics.stdev(diffs) / math.sqrt(len(diffs)))
+    b_mean = statistics.mean(ndcg(b) for _, b in ranks.values())
+    assert out["users"] == 5
+    assert math.isclose(out["mean_diff"], mean, rel_tol=1e-9)
+    assert math.isclose(out["relative_diff"], mean / b_mean, rel_tol=1e-9)
+    assert math.isclose(out["t"], t, rel_tol=1e-9)
+    assert (out["a_better_users"], out["b_better_users"]) == (2, 2)
