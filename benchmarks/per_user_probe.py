@@ -8,8 +8,8 @@ For each label of a convergence spec, the best-validation checkpoint of that see
 split by the run's own trainer (RecBole's full ranking, the run's settings), and each user's rank
 of the held-out item gives NDCG@k and HR@k. Users are grouped by the length of the input the
 model reads (``item_length``: shorter than L, or a full window of L items, whose last item sits at
-position L - 1 under RecBole's positions). ``--frozen`` also scores a FLAME run's frozen (stage-1) SASRec, as the label
-``"<label> (frozen)"``; ``--paired A B`` compares two scored labels user by user (the same test
+position L - 1 under RecBole's positions). ``--frozen`` also scores a FLAME run's frozen
+(stage-1) SASRec, as the label ``"<label> (frozen)"``; ``--paired A B`` compares two scored labels user by user (the same test
 users: mean NDCG@k difference, relative difference, paired t-test over users, and how many users
 each ranks better), the significance one seed's run can have. Writes
 ``benchmarks/results/<spec>/per_user-seed<k>.json`` with command, commit and machine.
@@ -71,8 +71,8 @@ def paired_users(a: tuple, b: tuple, k: int) -> dict[str, float]:
     order_a, order_b = torch.argsort(users_a), torch.argsort(users_b)
     if not torch.equal(users_a[order_a], users_b[order_b]):
         raise SystemExit("--paired: the two labels were scored on different test users")
-    x = user_ndcg(ranks_a[order_a], k)
-    y = user_ndcg(ranks_b[order_b], k)
+    ranks_a, ranks_b = ranks_a[order_a], ranks_b[order_b]  # row i is the same user in both
+    x, y = user_ndcg(ranks_a, k), user_ndcg(ranks_b, k)
     t = stats.ttest_rel(x.numpy(), y.numpy())
     diff = (x - y).mean().item()
     return {
@@ -81,8 +81,8 @@ def paired_users(a: tuple, b: tuple, k: int) -> dict[str, float]:
         "relative_diff": diff / y.mean().item(),
         "t": float(t.statistic),
         "p": float(t.pvalue),
-        "a_better_users": int((ranks_a[order_a] < ranks_b[order_b]).sum()),
-        "b_better_users": int((ranks_a[order_a] > ranks_b[order_b]).sum()),
+        "a_better_users": int((ranks_a < ranks_b).sum()),
+        "b_better_users": int((ranks_a > ranks_b).sum()),
     }
 
 
