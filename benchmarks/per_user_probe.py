@@ -9,9 +9,10 @@ split by the run's own trainer (RecBole's full ranking, the run's settings), and
 of the held-out item gives NDCG@k and HR@k. Users are grouped by the length of the input the
 model reads (``item_length``: shorter than L, or a full window of L items, whose last item sits at
 position L - 1 under RecBole's positions). ``--frozen`` also scores a FLAME run's frozen
-(stage-1) SASRec, as the label ``"<label> (frozen)"``; ``--paired A B`` compares two scored labels user by user (the same test
-users: mean NDCG@k difference, relative difference, paired t-test over users, and how many users
-each ranks better), the significance one seed's run can have. Writes
+(stage-1) SASRec, as the label ``"<label> (frozen)"``; ``--paired A B`` compares two scored
+labels user by user (the same test users: mean NDCG@k difference, relative difference, paired
+t-test over users, and how many users each ranks better), the significance one seed's run can
+have. Writes
 ``benchmarks/results/<spec>/per_user-seed<k>.json`` with command, commit and machine.
 
     FLAME_WEIGHTS=PATH/frozen_weights python benchmarks/per_user_probe.py \
