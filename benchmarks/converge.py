@@ -16,6 +16,9 @@ and writes ``benchmarks/results/<spec>/<label>-seed<k>.json``
 with its command, commit, machine, wall time, learning curve and test result. A finished
 (run, seed) is skipped; one that was stopped resumes from its last validated epoch (its
 ``-last.pth`` under ``<spec>/ckpt/``), so a long experiment can span several sittings.
+``--park`` also packs that run state (and the best model it names) into
+``<spec>/parked/<label>-seed<k>.tar``, which is committed: on a fresh clone, where the ignored
+``ckpt/`` folder is empty, the same command unpacks it and goes on from the same epoch.
 Seeds go in the outer loop, so a partial experiment still holds complete pairs.
 """
 
@@ -29,6 +32,8 @@ import re
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -165,11 +170,79 @@ def probe_setup(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, di
     return args, spec, ROOT / "benchmarks" / "results" / spec["name"]
 
 
+def run_states(ckpt: Path) -> list[Path]:
+    """The resume states of one run under its checkpoint folder, oldest first: the trainer's
+    ``*-last.pth``, and FLAME stage 1's hidden ``.<cache>.pth.last`` while stage 1 trains."""
+    states = [*ckpt.glob("*-last.pth"), *ckpt.glob("*/.*.pth.last")]
+    return sorted(states, key=os.path.getmtime)
+
+
+def parked_file(out_dir: Path, label: str, seed: int) -> Path:
+    return out_dir / "parked" / f"{slug(label)}-seed{seed}.tar"
+
+
+def park(spec: dict, label: str, seed: int, out_dir: Path) -> Path | None:
+    """Pack an unfinished run's newest state, and the best-model file it names, into
+    :func:`parked_file` (a plain tar, paths relative to the run's checkpoint folder), so the run
+    can go on from a fresh clone; None if the run has no state or has finished."""
+    from recbole_flame.utils.checkpoint import load_checkpoint
+
+    _, ckpt = run_config(spec, label, seed, out_dir)
+    states = run_states(ckpt)
+    if result_file(out_dir, label, seed).is_file() or not states:
+        return None
+    root = ckpt.absolute()
+    state = states[-1].absolute()
+    members = [state]
+    best = Path(load_checkpoint(state)["best_model_file"]).absolute()
+    if best.is_file() and best.is_relative_to(root):
+        members.append(best)
+    target = parked_file(out_dir, label, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    with tarfile.open(tmp, "w") as tar:
+        for member in members:
+            tar.add(member, arcname=str(member.relative_to(root)))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+    os.replace(tmp, target)
+    return target
+
+
+def unpark(spec: dict, label: str, seed: int, out_dir: Path) -> Path | None:
+    """Unpack a run's :func:`parked_file` into its (empty) checkpoint folder and point the
+    state's best-model file at the unpacked copy, which lies wherever this clone is; returns the
+    unpacked state, or None when there is nothing parked or the folder already holds a state
+    (a state on disk is never newer in the tar than here)."""
+    from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint
+
+    source = parked_file(out_dir, label, seed)
+    _, ckpt = run_config(spec, label, seed, out_dir)
+    if not source.is_file() or run_states(ckpt):
+        return None
+    root = ckpt.absolute()
+    with tarfile.open(source) as tar:
+        tar.extractall(root, filter="data")
+    state_path = run_states(ckpt)[-1]
+    state = load_checkpoint(state_path)
+    then = Path(state["config"]["checkpoint_dir"]).absolute()
+    best = Path(state["best_model_file"]).absolute()
+    if best.is_relative_to(then) and then != root:
+        state["best_model_file"] = str(root / best.relative_to(then))
+        atomic_save(state, state_path)
+    return state_path
+
+
 def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
     from recbole_flame.quick_start import run
 
     entry = spec["runs"][label]
     config, ckpt = run_config(spec, label, seed, out_dir)
+    unpacked = unpark(spec, label, seed, out_dir)
+    if unpacked is not None:
+        print(f"== unpacked {shown(parked_file(out_dir, label, seed))} into {shown(ckpt)}")
     states = sorted(ckpt.glob("*-last.pth"), key=os.path.getmtime)
     resume = str(states[-1]) if states else None
     print(f"== {label} seed {seed}" + (f" (resuming {resume})" if resume else ""), flush=True)
@@ -203,7 +276,7 @@ def progress_report(spec: dict, label: str, seed: int, out_dir: Path) -> str | N
     if result_file(out_dir, label, seed).is_file():
         return None
     _, ckpt = run_config(spec, label, seed, out_dir)
-    states = sorted(ckpt.glob("*-last.pth"), key=os.path.getmtime)
+    states = run_states(ckpt)
     if not states:
         return None
     state = load_checkpoint(states[-1])
@@ -213,15 +286,22 @@ def progress_report(spec: dict, label: str, seed: int, out_dir: Path) -> str | N
     best = max(history, key=lambda h: h["valid_score"])
     rows = [[h["epoch"], h["valid_score"], round(h["train_seconds"])] for h in history]
     name = f"{slug(label)}-seed{seed}"
+    stage = " (FLAME stage 1, the backbone SASRec)" if states[-1].name.endswith(".last") else ""
     settings = json.dumps([spec["base"], spec["runs"][label]])
     env = "".join(f"{var}=PATH " for var in sorted(set(re.findall(r"\$(\w+)", settings))))
+    parked = parked_file(out_dir, label, seed)
+    where = (
+        f"parked (committed) in `{shown(parked)}`, which the command below unpacks on a fresh clone"
+        if parked.is_file()
+        else "not committed, under the ignored ckpt/ folder"
+    )
     return "\n".join(
         [
-            f"# {name}: in progress, not converged (stopped at the end of a sitting)",
+            f"# {name}{stage}: in progress, not converged (stopped at the end of a sitting)",
             "",
             f"Validations so far: {len(history)}; best valid score {best['valid_score']} at epoch "
             f"{best['epoch']}; wall seconds so far {state.get('elapsed_seconds', 0):.0f}. Run "
-            f"state (not committed, under the ignored ckpt/ folder): `{shown(states[-1])}`.",
+            f"state ({where}): `{shown(states[-1])}`.",
             "",
             f"Resume (same command): `{env}python benchmarks/converge.py {spec['path']} --threads 1 "
             f'--only "{label}" --seeds {seed}`',
@@ -376,6 +456,12 @@ def main() -> None:
         action="store_true",
         help="write in_progress-<run>.md (learning curve so far) for each unfinished run, and stop",
     )
+    parser.add_argument(
+        "--park",
+        action="store_true",
+        help="as --progress, and pack each unfinished run's state into parked/<run>.tar (to "
+        "commit, so a fresh clone resumes it)",
+    )
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<spec name>")
     args = parser.parse_args()
     spec = load_spec(args.spec)
@@ -384,9 +470,12 @@ def main() -> None:
     out_dir = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / spec["name"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.progress:
+    if args.progress or args.park:
         for seed in spec["seeds"]:
             for label in spec["runs"]:
+                if args.park and (packed := park(spec, label, seed, out_dir)) is not None:
+                    size = packed.stat().st_size / 2**20
+                    print(f"wrote {shown(packed)} ({size:.1f} MiB)")
                 stale = out_dir / f"in_progress-{slug(label)}-seed{seed}.md"
                 report = progress_report(spec, label, seed, out_dir)
                 if report is None:
@@ -404,8 +493,9 @@ def main() -> None:
                     print(f"== {label} seed {seed}: done", flush=True)
                     continue
                 run_one(spec, label, seed, out_dir)
-                # a curve written at an earlier stop is stale once the run has its result
+                # a curve or state written at an earlier stop is stale once the run has its result
                 (out_dir / f"in_progress-{slug(label)}-seed{seed}.md").unlink(missing_ok=True)
+                parked_file(out_dir, label, seed).unlink(missing_ok=True)
     table = summarize(spec, out_dir)
     (out_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.md").write_text(table + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -192,6 +193,53 @@ def test_progress_report_reads_the_unfinished_runs_state(tmp_path):
     assert "| 2 | 0.0300 | 21 |" in text or "| 2 | 0.03 | 21 |" in text
     result_file(tmp_path, "A b", 7).write_text("{}")
     assert progress_report(spec, "A b", 7, tmp_path) is None  # finished
+
+
+def test_parked_state_resumes_in_another_clone(tmp_path):
+    """``--park`` packs a run's newest state and the best model it names; in another clone
+    (another folder) the run's first step unpacks them and the state names the new best-model
+    path; a folder that already holds a state is left alone; the report says it is parked."""
+    import torch
+
+    from benchmarks.converge import park, parked_file, progress_report, run_config, unpark
+    from recbole_flame.utils.checkpoint import load_checkpoint
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text("dataset: ml-100k\nseeds: [3]\nruns:\n  F: {model: FLAME}\n")
+    spec = load_spec(spec_file)
+    here, there = tmp_path / "clone1", tmp_path / "clone2"
+    assert park(spec, "F", 3, here) is None  # nothing to park
+    config, ckpt = run_config(spec, "F", 3, here)
+    best = ckpt / "F-x.pth"
+    ckpt.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.full((2,), 7.0)}}, best)
+    torch.save({"state_dict": {"w": torch.ones(1)}, "valid_history": []}, ckpt / "F-old-last.pth")
+    history = [{"epoch": 1, "valid_score": 0.5, "train_seconds": 3.0}]
+    state = {
+        "state_dict": {"w": torch.arange(3.0)},
+        "config": {"checkpoint_dir": config["checkpoint_dir"]},
+        "best_model_file": str(best),
+        "valid_history": history,
+    }
+    torch.save(state, ckpt / "F-new-last.pth")
+    os.utime(ckpt / "F-old-last.pth", (1, 1))  # older: not parked, only the newest state is
+    packed = park(spec, "F", 3, here)
+    assert packed == parked_file(here, "F", 3)
+    assert "parked (committed)" in progress_report(spec, "F", 3, here)
+
+    target = parked_file(there, "F", 3)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(packed.read_bytes())
+    unpacked = unpark(spec, "F", 3, there)
+    _, ckpt2 = run_config(spec, "F", 3, there)
+    assert unpacked == ckpt2 / "F-new-last.pth"
+    assert sorted(p.name for p in ckpt2.iterdir()) == ["F-new-last.pth", "F-x.pth"]
+    restored = load_checkpoint(unpacked)
+    assert restored["best_model_file"] == str(ckpt2.absolute() / "F-x.pth")
+    assert torch.equal(restored["state_dict"]["w"], torch.arange(3.0))
+    assert restored["valid_history"] == history
+    assert torch.equal(load_checkpoint(ckpt2 / "F-x.pth")["state_dict"]["w"], torch.full((2,), 7.0))
+    assert unpark(spec, "F", 3, there) is None  # a state is already there
 
 
 def test_per_user_paired_comparison_matches_hand_computed_values() -> None:
