@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table, write_json  # noqa: E402
+from recbole_flame.utils.files import atomic_write  # noqa: E402
 
 METRIC_ORDER = ("hit", "recall", "ndcg", "mrr", "auc", "logloss")
 
@@ -197,17 +197,13 @@ def park(spec: dict, label: str, seed: int, out_dir: Path) -> Path | None:
     best = Path(load_checkpoint(state)["best_model_file"]).absolute()
     if best.is_file() and best.is_relative_to(root):
         members.append(best)
+    def pack(f) -> None:
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            for member in members:
+                tar.add(member, arcname=str(member.relative_to(root)))
+
     target = parked_file(out_dir, label, seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    with tarfile.open(tmp, "w") as tar:
-        for member in members:
-            tar.add(member, arcname=str(member.relative_to(root)))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-    os.replace(tmp, target)
+    atomic_write(target, pack)
     return target
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from recbole.utils import ModelType
 from recbole.utils import url as recbole_url
 
 from recbole_flame.utils.errors import ConfigError, DatasetNotFoundError
+from recbole_flame.utils.files import atomic_write
 from recbole_flame.utils.paths import dataset_yaml_files
 
 BUNDLED_ROOT = Path(__file__).resolve().parent.parent / "datasets"
@@ -111,27 +111,14 @@ def materialise_bundled(name: str, folder: Path) -> Path:
         note = source.parent / _ORIGIN_NOTE
         if note.is_file():
             shutil.copyfile(note, folder / _ORIGIN_NOTE)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, gzip.open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with gzip.open(source, "rb") as src:
+            atomic_write(target, lambda out: shutil.copyfileobj(src, out, 1 << 20))
     except OSError as exc:
         raise DatasetNotFoundError(
             f"dataset '{name}': cannot write recbole_flame's bundled copy to data_path {folder} "
             f"({exc.strerror or exc}); set --data_path=DIR to a writable folder"
         ) from exc
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def download(config: Any) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import enum
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from recbole_flame.utils.errors import CheckpointError
+from recbole_flame.utils.files import atomic_write
 
 
 def plain(value: Any) -> Any:
@@ -48,22 +48,7 @@ def plain_config(config: Any) -> dict[str, Any]:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 EXPECTED = "a checkpoint saved by recbole_flame (torch .pth with a 'state_dict')"
