@@ -11,6 +11,11 @@ estimate is the mean step time times the loader's steps (dense batches differ in
 With ``--authors_dir`` (a checkout of github.com/woo-joo/FLAME_SIGIR26) the authors' FLAME
 takes its step on the same prefix batches, left-padded to L as their loader gives them, in the
 same interleaving. Time with nothing else running on the machine.
+
+Each step's floating-point operations are also counted (``torch.utils.flop_counter``: matrix
+products and attention, forward and backward, on the first measured batch). Their ratio does
+not depend on the machine or its load: it is the least step-time ratio that faster kernels
+alone could reach, since FLAME does this much more arithmetic than SASRec per step.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -78,6 +84,13 @@ def authors_step_fn(authors_dir: str, config, n_items: int):
     return step
 
 
+def count_flops(step, batch) -> int:
+    """Floating-point operations of one training step (matmuls and attention, both passes)."""
+    with FlopCounterMode(display=False) as counter:
+        step(batch)
+    return counter.get_total_flops()
+
+
 def measure(dataset: str, mode: str, args) -> dict:
     base = {
         "train_mode": mode,
@@ -118,6 +131,7 @@ def measure(dataset: str, mode: str, args) -> dict:
     for b in batches[:2]:  # warm-up
         for fn in fns.values():
             fn(b)
+    flops = {name: count_flops(fn, batches[2]) for name, fn in fns.items()}
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for b in batches[2:]:
         for name, fn in fns.items():
@@ -126,6 +140,7 @@ def measure(dataset: str, mode: str, args) -> dict:
     return {
         "steps_per_epoch": steps,
         "median_step_s": {k: statistics.median(v) for k, v in samples.items()},
+        "step_gflops": {k: v / 1e9 for k, v in flops.items()},
         "epoch_estimate_s": {k: statistics.fmean(v) * steps for k, v in samples.items()},
         "samples": samples,
     }
@@ -154,6 +169,7 @@ def main() -> None:
             med = entry["median_step_s"]
             ratio = med["FLAME"] / med["SASRec"]
             authors = med.get("authors FLAME")
+            gflops = entry["step_gflops"]
             rows.append(
                 [
                     dataset,
@@ -162,8 +178,10 @@ def main() -> None:
                     med["SASRec"],
                     med["FLAME"],
                     ratio,
+                    gflops["FLAME"] / gflops["SASRec"],
                     authors if authors is not None else "-",
                     med["FLAME"] / authors if authors else "-",
+                    gflops["FLAME"] / gflops["authors FLAME"] if authors else "-",
                     entry["epoch_estimate_s"]["FLAME"] / entry["epoch_estimate_s"]["SASRec"],
                 ]
             )
@@ -174,7 +192,8 @@ def main() -> None:
         markdown_table(
             [
                 "dataset", "mode", "steps/epoch", "SASRec s/step", "FLAME s/step",
-                "FLAME / SASRec", "authors' FLAME s/step", "ours / authors'",
+                "FLAME / SASRec", "FLOPs FLAME / SASRec", "authors' FLAME s/step",
+                "ours / authors'", "FLOPs ours / authors'",
                 "epoch ratio (mean steps)",
             ],
             rows,
