@@ -347,6 +347,23 @@ def test_all_pairs_info_nce_equals_info_nce_per_pair_and_group(normalize, sizes)
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
+def test_gram_block_logsumexp_against_a_loop_and_finite_differences():
+    torch.manual_seed(0)
+    n_views, m, tau = 3, 4, 0.7
+    zg = torch.randn(2, n_views * m, 5, dtype=torch.float64, requires_grad=True)
+    got = flame_module.GramBlockLogSumExp.apply(zg, n_views, tau)
+    expected = torch.empty_like(got)
+    for g, p, i, q in itertools.product(range(2), range(n_views), range(m), range(n_views)):
+        scores = [
+            zg[g, p * m + i] @ zg[g, q * m + j] / tau for j in range(m) if (p, i) != (q, j)
+        ]
+        expected[g, p, i, q] = torch.logsumexp(torch.stack(scores), dim=0)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda z: flame_module.GramBlockLogSumExp.apply(z, n_views, tau), (zg,)
+    )
+
+
 def test_all_pairs_info_nce_one_group_is_plain_info_nce():
     a, b = torch.randn(6, 4), torch.randn(6, 4)
     got = flame_module.all_pairs_info_nce([a, b], 1.0, False, [torch.arange(6)])
