@@ -93,7 +93,8 @@ class GramBlockLogSumExp(torch.autograd.Function):
         # so a retained graph can take backward again. Masked entries get exp(-1e4 - lse) = 0.
         weights = sim.view(groups, n_views, m, n_views, m) - lse.unsqueeze(-1)
         weights = weights.exp_().mul_(grad.unsqueeze(-1)).view_as(sim)
-        grad_z = torch.bmm(weights, zg).baddbmm_(weights.transpose(1, 2), zg).div_(ctx.tau)
+        # Out of place: torch's FLOP counter does not see an in-place baddbmm_.
+        grad_z = torch.baddbmm(torch.bmm(weights, zg), weights.transpose(1, 2), zg).div_(ctx.tau)
         return grad_z, None, None
 
 
