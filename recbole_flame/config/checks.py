@@ -143,8 +143,14 @@ def number(
     return Rule("number", allowed, ok, models=_models(models), lo=lo, hi=hi)
 
 
-def boolean(models: Iterable[str] | None = None) -> Rule:
-    return Rule("bool", "True or False", lambda v: isinstance(v, bool), models=_models(models))
+def boolean(models: Iterable[str] | None = None, none: bool = False) -> Rule:
+    return Rule(
+        "bool",
+        "True, False or ~" if none else "True or False",
+        lambda v: isinstance(v, bool) or (none and v is None),
+        models=_models(models),
+        none=none,
+    )
 
 
 def one_of(
@@ -544,6 +550,7 @@ RULES: dict[str, Rule] = {
     "history_limit": integer(none=True),
     "eval_exclude_history": boolean(),
     "attention_impl": one_of("auto", "sdpa", "recbole"),
+    "sequence_packing": boolean(none=True),
     # FLAME
     "path_mixing": one_of("tiled", "independent", models=_FLAME),
     "module_split": one_of("embedding_encoder", "per_block", models=_FLAME),

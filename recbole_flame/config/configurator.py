@@ -23,7 +23,7 @@ from recbole.utils import ModelType
 from recbole_flame.config.checks import check_config_values, check_user_keys
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.paths import dataset_yaml_files, properties_dir
-from recbole_flame.utils.registry import canonical_model_name, get_model
+from recbole_flame.utils.registry import available_models, canonical_model_name, get_model
 
 _NONE_WORDS = {"none", "null", "~"}
 # Several of RecBole's intervals joined by ';' ("[5,inf);(0,2]"): yaml would read a list.
@@ -207,7 +207,26 @@ class Config(RecBoleConfig):
         if "load_col" not in self.external_config_dict and not dataset_yaml_files(self.dataset):
             final["load_col"] = None
         final.setdefault("attention_impl", "auto")  # SASRec/FLAME: see model/layers/attention.py
+        final.setdefault("sequence_packing", None)  # ~: on where exact (_resolve_packing)
         return final
+
+    def _resolve_packing(self) -> None:
+        """``sequence_packing: ~`` becomes True for a model whose packed loss is exact
+        (``supports_packing``, see model/layers/packing.py) and False for the others; an
+        explicit True for a model that cannot pack is one line naming those that can."""
+        final = self.final_config_dict
+        supported = bool(getattr(self.model_class, "supports_packing", False))
+        if final["sequence_packing"] is None:
+            final["sequence_packing"] = supported
+        elif final["sequence_packing"] and not supported:
+            capable = [
+                name for name in available_models()[0]
+                if getattr(get_model(name), "supports_packing", False)
+            ]
+            raise ConfigError(
+                f"sequence_packing: True is available for {', '.join(capable)} only, not "
+                f"{self.model}; remove it or set sequence_packing: False"
+            )
 
     def _our_yaml_sets(self, key: str) -> bool:
         return key in getattr(self, "_our_yaml_keys", set())
@@ -223,6 +242,7 @@ class Config(RecBoleConfig):
                 f"dense_min_context={self.final_config_dict['dense_min_context']} exceeds "
                 f"MAX_ITEM_LIST_LENGTH={max_len}; use a value from 1 to {max_len}"
             )
+        self._resolve_packing()
         super()._set_default_parameters()
         for key in PATH_KEYS:
             value = self.final_config_dict.get(key)

@@ -38,6 +38,7 @@ from recbole_flame.model.authors_sasrec import (
     map_item_rows,
     rename_authors_state_dict,
 )
+from recbole_flame.model.layers.packing import PackedBatch
 from recbole_flame.model.layers.sequence import dense_step_mask, first_trained_step, trim_batch
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint, read_torch_file
@@ -219,6 +220,7 @@ class FLAME(SequentialRecommender):
     """
 
     supports_dense_training = True
+    supports_packing = True
     trim_safe = True
 
     def __init__(self, config, dataset):
@@ -235,6 +237,10 @@ class FLAME(SequentialRecommender):
         self.anneal_epochs = int(config["anneal_epochs"])
         self.n_paths = config["n_paths"]
         self.dense = config["train_mode"] == "dense"
+        # Prefix training packs several samples a row (layers/packing.py): the same loss. The
+        # tiled mask is then tiled per row: a position sees the earlier positions of its own
+        # sample in every stream, nothing of another sample.
+        self.packing = bool(config["sequence_packing"]) and not self.dense
         self.cl_group_size = int(config["train_batch_size"])
         self.list_suffix = config["LIST_SUFFIX"]
 
@@ -327,17 +333,23 @@ class FLAME(SequentialRecommender):
         item_seq_len: torch.Tensor,
         paths: list[str] | None = None,
         all_steps: bool = False,
+        packed: PackedBatch | None = None,
     ) -> dict[str, torch.Tensor]:
         """Each path's encoder output keyed by its label: one letter per module, first module
         first (``lf`` = ``T_f(E_l(s))``). At the last real position (B x d), or with
-        ``all_steps`` at every step (B x l x d)."""
+        ``all_steps`` at every step (B x l x d). With ``packed`` (the same sequences laid out
+        by :func:`~recbole_flame.model.layers.packing.pack_sequences`) the encoders run on the
+        packed rows; the outputs are the same."""
         paths = paths or self.sample_paths()
         nets = {"l": self.learnable, "f": self.frozen}
-        mask = self.get_attention_mask(item_seq)
+        first = sorted({p[0] for p in paths})
         # Module E of each network: item + position embedding, LayerNorm, dropout.
-        streams = {
-            c: nets[c].embed(item_seq, item_seq_len) for c in sorted({p[0] for p in paths})
-        }
+        if packed is None:
+            mask = self.get_attention_mask(item_seq)
+            streams = {c: nets[c].embed(item_seq, item_seq_len) for c in first}
+        else:
+            mask = packed.attention_mask()
+            streams = {c: nets[c].embed(packed.items, None, packed.positions) for c in first}
         for depth, blocks in enumerate(self.blocks_per_module, start=1):
             prefixes = sorted({p[: depth + 1] for p in paths})
             nxt: dict[str, torch.Tensor] = {}
@@ -351,6 +363,8 @@ class FLAME(SequentialRecommender):
             streams = nxt
         if all_steps:
             return {p: streams[p] for p in paths}
+        if packed is not None:
+            return {p: packed.gather(streams[p]) for p in paths}
         return {p: self.gather_indexes(streams[p], item_seq_len - 1) for p in paths}
 
     # --- RecBole interface ----------------------------------------------------------------
@@ -362,15 +376,21 @@ class FLAME(SequentialRecommender):
         interaction = trim_batch(interaction, self.ITEM_SEQ_LEN, self.list_suffix)
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        packed = self.learnable.pack(item_seq, item_seq_len) if self.packing else None
         if self.dense:
             rec_loss = self.learnable.dense_loss(interaction)
         else:
-            seq_output = self.learnable(item_seq, item_seq_len)
+            if packed is None:
+                seq_output = self.learnable(item_seq, item_seq_len)
+            else:
+                seq_output = packed.gather(self.learnable.encode_packed(packed))
             logits = seq_output @ self.learnable.item_embedding.weight.T
             rec_loss = F.cross_entropy(logits, interaction[self.POS_ITEM_ID])
         if self.lambda_r == 0.0:
             return rec_loss, rec_loss.new_zeros(())
-        align = self.alignment_loss(item_seq, item_seq_len, first_trained_step(interaction))
+        align = self.alignment_loss(
+            item_seq, item_seq_len, first_trained_step(interaction), packed
+        )
         return rec_loss, self.lambda_r * align
 
     def alignment_loss(
@@ -378,10 +398,12 @@ class FLAME(SequentialRecommender):
         item_seq: torch.Tensor,
         item_seq_len: torch.Tensor,
         first_step: torch.Tensor | None = None,
+        packed: PackedBatch | None = None,
     ) -> torch.Tensor:
         """``sum_p w_p InfoNCE_p`` over the unordered pairs of path outputs (at the last real
-        step, or in dense mode at every trained step: the steps the recommendation loss uses)."""
-        outputs = self.path_outputs(item_seq, item_seq_len, all_steps=self.dense)
+        step, or in dense mode at every trained step: the steps the recommendation loss uses);
+        ``packed``: the batch's packed layout, if it trains packed."""
+        outputs = self.path_outputs(item_seq, item_seq_len, all_steps=self.dense, packed=packed)
         if self.dense:
             trained = dense_step_mask(item_seq_len, item_seq.size(1), first_step)
             outputs = {p: out[trained] for p, out in outputs.items()}

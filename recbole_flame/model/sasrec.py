@@ -29,6 +29,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from recbole_flame.model.layers.attention import set_attention_impl
 from recbole_flame.model.layers.fast import use_fast_dropout, use_fused_activation
+from recbole_flame.model.layers.packing import PackedBatch, pack_sequences
 from recbole_flame.model.layers.sequence import (
     dense_targets,
     first_trained_step,
@@ -41,6 +42,7 @@ class SASRec(RecBoleSASRec):
     """RecBole's SASRec, trainable with ``train_mode: prefix | dense``."""
 
     supports_dense_training = True
+    supports_packing = True
     trim_safe = True
 
     def __init__(self, config, dataset):
@@ -48,6 +50,8 @@ class SASRec(RecBoleSASRec):
         self.dense = config["train_mode"] == "dense"
         self.list_suffix = config["LIST_SUFFIX"]
         self.position_alignment = config["position_alignment"] or "start"
+        # Prefix training packs several samples a row (layers/packing.py): the same loss.
+        self.packing = bool(config["sequence_packing"]) and not self.dense
         use_fast_dropout(self)  # same distribution, cheaper masks on CPU
         use_fused_activation(self.trm_encoder, config["hidden_act"])  # same function, one kernel
         # Same weights and names; SDPA where it is exact and faster (see layers/attention.py).
@@ -63,13 +67,30 @@ class SASRec(RecBoleSASRec):
             )
         return None
 
-    def embed(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """Item + position embedding, LayerNorm, dropout (B x l x d)."""
-        positions = position_ids(
-            item_seq_len, item_seq.size(1), self.max_seq_length, self.position_alignment
-        )
+    def embed(
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Item + position embedding, LayerNorm, dropout (B x l x d); ``positions`` (B x l)
+        default to those of ``position_alignment``."""
+        if positions is None:
+            positions = position_ids(
+                item_seq_len, item_seq.size(1), self.max_seq_length, self.position_alignment
+            )
         emb = self.item_embedding(item_seq) + self.position_embedding(positions)
         return self.dropout(self.LayerNorm(emb))
+
+    def pack(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> PackedBatch:
+        """``item_seq`` packed several samples a row, with this model's position ids."""
+        return pack_sequences(item_seq, item_seq_len, self.max_seq_length, self.position_alignment)
+
+    def encode_packed(self, packed: PackedBatch) -> torch.Tensor:
+        """The last layer's output at every packed position (R x W x d)."""
+        hidden = self.embed(packed.items, None, packed.positions)
+        mask = packed.attention_mask()
+        return self.trm_encoder(hidden, mask, output_all_encoded_layers=True)[-1]
 
     def encode_all(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """The last layer's output at every step (B x l x d)."""
@@ -78,7 +99,11 @@ class SASRec(RecBoleSASRec):
         return self.trm_encoder(hidden, mask, output_all_encoded_layers=True)[-1]
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """The output at each sequence's last real step (B x d), as RecBole's SASRec."""
+        """The output at each sequence's last real step (B x d), as RecBole's SASRec; packed in
+        prefix training."""
+        if self.packing and self.training:
+            packed = self.pack(item_seq, item_seq_len)
+            return packed.gather(self.encode_packed(packed))
         return self.gather_indexes(self.encode_all(item_seq, item_seq_len), item_seq_len - 1)
 
     def dense_loss(self, interaction) -> torch.Tensor:
