@@ -37,8 +37,9 @@ from benchmarks.converge import (  # noqa: E402
     provenance,
     result_file,
 )
-from benchmarks.per_user_probe import group_metrics, held_out_ranks  # noqa: E402
+from benchmarks.per_user_probe import group_metrics  # noqa: E402
 from recbole_flame.model.canet import route_name  # noqa: E402
+from recbole_flame.tuning.per_user import held_out_ranks  # noqa: E402
 
 
 def routed_index(model, test_data) -> torch.Tensor:

@@ -9,6 +9,7 @@ tests, ``extras: {column: dotted.path}``, entries of the run's result (model dia
 as ``cetnet_diagnostics.test.fused.auc``) tabulated beside the metrics, and ``derived: {row:
 {from: run, result: {key: dotted.path}}}``, a baseline measured inside a run (FLAME's frozen
 stage-1 SASRec) as a row of its own that ``compare`` can pair with the run, and
+``milestones: [0.05, ...]``: the first epoch each run's validation score reached each value, and
 ``time_to_accuracy: [[A, B], ...]``: A's wall time to B's best validation score over B's own
 time to it, per seed (valid only where both ran on the same machine). Each (run, seed)
 trains to early stopping with RecBole's trainer through :func:`recbole_flame.quick_start.run`
@@ -340,6 +341,24 @@ def time_to_accuracy(fast: dict[int, dict], slow: dict[int, dict], a: str, b: st
     return head + " (" + "; ".join(parts or ["no paired seeds"]) + ")"
 
 
+def milestone_table(records: dict[str, dict[int, dict]], milestones: list[float]) -> str:
+    """The first epoch (0-based, as RecBole counts) whose validation score reaches each
+    milestone, per run and seed ("-": never), from the runs' ``valid_history``."""
+    rows = []
+    for label, runs in records.items():
+        for seed, record in sorted(runs.items()):
+            history = record["result"].get("valid_history") or []
+            if not history:
+                continue
+            cells = [
+                next((str(h["epoch"]) for h in history if h["valid_score"] >= m), "-")
+                for m in milestones
+            ]
+            rows.append([label, seed, *cells])
+    headers = ["run", "seed", *[f"first epoch at valid {m:g}" for m in milestones]]
+    return markdown_table(headers, rows)
+
+
 def summarize(spec: dict, out_dir: Path) -> str:
     """Markdown: mean ± std per run over the finished seeds, and paired t-tests."""
     from scipy import stats
@@ -420,6 +439,9 @@ def summarize(spec: dict, out_dir: Path) -> str:
         if extra_rows:
             lines.append("")
             lines.append(markdown_table(["run", "seeds", *spec["extras"]], extra_rows))
+    if spec.get("milestones"):
+        lines.append("")
+        lines.append(milestone_table(records, spec["milestones"]))
     for a, b in spec.get("time_to_accuracy", []):
         lines.append("\n" + time_to_accuracy(records.get(a, {}), records.get(b, {}), a, b))
     for a, b in spec["compare"]:

@@ -36,62 +36,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table, write_json  # noqa: E402
 from benchmarks.converge import load_finished, probe_parser, probe_setup, provenance  # noqa: E402
-
-
-def held_out_ranks(trainer, test_data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """0-based rank of each test row's held-out item among all items, the row's input length
-    and its user id. Ties count against the item (as a top-k cut may drop it)."""
-    ranks, lengths, users = [], [], []
-    length_field = trainer.config["ITEM_LIST_LENGTH_FIELD"]
-    user_field = trainer.config["USER_ID_FIELD"]
-    trainer.model.eval()
-    trainer.tot_item_num = test_data._dataset.item_num  # set by RecBole's evaluate()
-    with torch.no_grad():
-        for batch in test_data:
-            interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
-            target = scores[positive_u, positive_i]
-            rank = (scores[positive_u] >= target.unsqueeze(1)).sum(dim=1) - 1
-            ranks.append(rank.cpu())
-            lengths.append(interaction[length_field][positive_u].cpu())
-            users.append(interaction[user_field][positive_u].cpu())
-    return torch.cat(ranks), torch.cat(lengths), torch.cat(users)
-
-
-def user_ndcg(ranks: torch.Tensor, k: int) -> torch.Tensor:
-    """NDCG@k of each row with one held-out item: 1 / log2(rank + 2) inside the top k, else 0."""
-    return torch.where(ranks < k, 1.0 / torch.log2(ranks.double() + 2.0), torch.zeros(()))
-
-
-def paired_users(a: tuple, b: tuple, k: int) -> dict[str, float]:
-    """Two models' per-user NDCG@k on the same test users (matched by user id): the mean
-    difference a - b, relative to b, a paired t-test over users, and the users each ranks
-    strictly better."""
-    from scipy import stats
-
-    (ranks_a, users_a), (ranks_b, users_b) = a, b
-    order_a, order_b = torch.argsort(users_a), torch.argsort(users_b)
-    if not torch.equal(users_a[order_a], users_b[order_b]):
-        raise SystemExit("--paired: the two labels were scored on different test users")
-    ranks_a, ranks_b = ranks_a[order_a], ranks_b[order_b]  # row i is the same user in both
-    x, y = user_ndcg(ranks_a, k), user_ndcg(ranks_b, k)
-    t = stats.ttest_rel(x.numpy(), y.numpy())
-    diff = (x - y).mean().item()
-    return {
-        "users": int(x.numel()),
-        "mean_diff": diff,
-        "relative_diff": diff / y.mean().item(),
-        "t": float(t.statistic),
-        "p": float(t.pvalue),
-        "a_better_users": int((ranks_a < ranks_b).sum()),
-        "b_better_users": int((ranks_a > ranks_b).sum()),
-    }
+from recbole_flame.tuning.per_user import held_out_ranks, paired_users, per_user_metric  # noqa: E402
 
 
 def group_metrics(ranks: torch.Tensor, k: int) -> dict[str, float]:
     return {
         "users": int(ranks.numel()),
         f"hit@{k}": (ranks < k).double().mean().item(),
-        f"ndcg@{k}": user_ndcg(ranks, k).mean().item(),
+        f"ndcg@{k}": per_user_metric(ranks, f"ndcg@{k}").mean().item(),
     }
 
 
@@ -144,7 +96,10 @@ def main() -> None:
         missing = [x for x in (a, b) if x not in scored]
         if missing:
             raise SystemExit(f"--paired: {missing} not scored; scored labels: {list(scored)}")
-        paired[f"{a} - {b}"] = p = paired_users(scored[a], scored[b], args.k)
+        try:
+            paired[f"{a} - {b}"] = p = paired_users(scored[a], scored[b], f"ndcg@{args.k}")
+        except ValueError as exc:
+            raise SystemExit(f"--paired: {exc}") from exc
         print(
             f"{a} - {b}, NDCG@{args.k} per user over {p['users']} users: "
             f"{p['mean_diff']:+.4f} ({p['relative_diff']:+.1%}), paired t = {p['t']:.2f}, "

@@ -8,15 +8,26 @@ python run_recbole_flame.py --model=FLAME,SASRec,BERT4Rec --seeds=1,2,3         
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from recbole_flame.utils.errors import UserError
 
 
+def program_name() -> str:
+    """``recbole-flame`` for the console script and ``python -m recbole_flame``, else the
+    script's name."""
+    called = os.path.normpath(sys.argv[0]) if sys.argv else ""
+    module = called.endswith(os.path.join("recbole_flame", "__main__.py"))
+    return "recbole-flame" if module or os.path.basename(called) == "recbole-flame" else (
+        "run_recbole_flame.py"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run_recbole_flame.py",
+        prog=program_name(),
         description="Train and test a recbole_flame or RecBole model with RecBole's pipeline, "
         "tune it with Ray Tune (--hyper), or compare several (--model=A,B,C). Any other "
         "--key=value sets a RecBole config key (e.g. --epochs=5 --data_path=DIR).",
@@ -28,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", default=None, help="config yaml files, space-separated")
     tune = parser.add_argument_group("Ray Tune search (with --hyper)")
-    tune.add_argument("--hyper", default=None, help="hyper file (RecBole format) to search over")
+    tune.add_argument(
+        "--hyper",
+        default=None,
+        help="hyper file (RecBole format) to search over: a path, or a model name for the file "
+        "shipped with this package (--hyper=SASRec)",
+    )
     tune.add_argument("--trials", type=int, default=8, help="number of trials")
     tune.add_argument("--cpus_per_trial", type=float, default=None, help="default: all CPUs")
     tune.add_argument(
@@ -98,9 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def resolve_hyper(value: str) -> str:
+    """A hyper file's path: ``value`` itself when it is a file, else the file this package ships
+    for that model name (``SASRec``, ``FLAME.hyper``, ``hyper/SASRec.hyper``)."""
+    from recbole_flame.utils.paths import hyper_file, shipped_hyper_names
+
+    if os.path.isfile(value):
+        return value
+    shipped = hyper_file(os.path.basename(value))
+    if shipped is not None:
+        return str(shipped)
+    raise UserError(
+        f"--hyper={value}: no such file, and no shipped hyper file of that name (shipped: "
+        f"{', '.join(shipped_hyper_names())}); give a path or one of those names"
+    )
+
+
 def _search(args, overrides: Sequence[str]) -> None:
     from recbole_flame.tuning.search import run_search, settings_from_cli, trials_markdown
 
+    args.hyper = resolve_hyper(args.hyper)
     if args.output_dir is None:
         args.output_dir = "ray_results"
     summary = run_search(settings_from_cli(args, overrides))
@@ -115,8 +148,13 @@ def _compare(args, models, seeds, config_files, overrides: Sequence[str]) -> Non
     from recbole_flame.tuning.compare import markdown, run_comparison
 
     parsed = parse_cmd_args(overrides)
-    seeds = seeds or [int(parsed.pop("seed", 2020))]
+    if not seeds and "seed" in parsed:
+        seeds = [int(parsed.pop("seed"))]
     output = args.output_dir or "comparison"
     summary = run_comparison(models, args.dataset, seeds, config_files or (), parsed, output)
     print(markdown(summary))
     print(f"\nwritten: {output}/comparison.md, .csv, .json and convergence.png")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -254,11 +254,11 @@ def _toy_batch(gen: torch.Generator, n: int) -> tuple[Interaction, torch.Tensor]
     return batch, torch.arange(n) % 2
 
 
-def _train_toy(data_root, folder, router_gradient: str, seed: int, steps: int = 300):
+def _toy_supernet(data_root, folder, router_gradient: str, seed: int, steps: int = 200):
     """A CANet whose embedding-4 routes see every B item as the same item (their dims 0-3
-    are equal; positions are zero), so only embedding-8 routes can predict B, while the
-    smallest route predicts A. Trained jointly (supernet and router) from scratch; returns
-    the share of A users and of B users the trained router sends to embedding-8 routes."""
+    are equal; positions are zero), so only embedding-8 routes can predict B, while every
+    route can predict A. Its supernet is trained with a uniformly drawn route per row (the
+    router plays no part), so every route learns what its slice can."""
     torch.manual_seed(seed)
     _, model, _, _ = prepare_in(
         folder,
@@ -275,38 +275,86 @@ def _train_toy(data_root, folder, router_gradient: str, seed: int, steps: int = 
         model.position_embedding.weight.zero_()
     model.item_embedding.weight.requires_grad_(False)
     model.position_embedding.weight.requires_grad_(False)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    router = {n for n, _ in model.named_parameters() if n.startswith("router")}
+    trained = [p for n, p in model.named_parameters() if p.requires_grad and n not in router]
+    optimizer = torch.optim.Adam(trained, lr=0.01)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
         batch, _ = _toy_batch(gen, 64)
+        index = torch.randint(len(model.routes), (64,), generator=gen)
         optimizer.zero_grad()
-        sum(model.calculate_loss(batch)).backward()
+        scores = model.grouped_scores(batch["item_id_list"], batch["item_length"], index)
+        F.cross_entropy(scores, batch["item_id"]).backward()
         optimizer.step()
-    model.eval()
-    batch, group = _toy_batch(torch.Generator().manual_seed(99), 200)
-    with torch.no_grad():
-        chosen = model.router_logits(batch["item_id_list"], batch["item_length"]).argmax(-1)
-    wide = torch.tensor([model.routes[r][2] == 8 for r in chosen.tolist()])
-    return float(wide[group == 0].float().mean()), float(wide[group == 1].float().mean())
+    return model
 
 
-# Over seeds 1-5 (300 steps) the split below held for gate in 4 (in the fifth A stayed wide
-# too), for pair in 3 (88% of B wide in one, 75% of A in another) and for picked in 1. Seed 4:
-# gate and pair split, picked puts A and B on the same embedding.
+def _router_gradients(model, batch, draws: int, monkeypatch) -> list[torch.Tensor]:
+    """The rec loss's gradient on the router's logits, held at zero (every route equally
+    likely), for each of ``draws`` Gumbel draws: B x routes each. Draw k is taken after
+    ``torch.manual_seed(k)``."""
+    n = batch["item_id_list"].size(0)
+    grads = []
+    for k in range(draws):
+        logits = torch.zeros(n, len(model.routes), requires_grad=True)
+        monkeypatch.setattr(model, "router_logits", lambda *_, z=logits: z)
+        torch.manual_seed(k)
+        rec = model.calculate_loss(batch)[0]
+        (grad,) = torch.autograd.grad(rec, logits)
+        grads.append(grad)
+    return grads
+
+
+def _wide_preference(model, grad: torch.Tensor) -> torch.Tensor:
+    """Per row, how much more the descent direction (-grad) raises the embedding-8 routes'
+    logits than the embedding-4 routes' (mean over each set)."""
+    wide = torch.tensor([route[2] == 8 for route in model.routes])
+    descent = -grad
+    return descent[:, wide].mean(-1) - descent[:, ~wide].mean(-1)
+
+
+# The signals that compare routes (gate: every route's first-order effect; pair: the picked
+# route against a neighbour) point B users, which only embedding-8 routes can predict, to those
+# routes, and A users less so. A test of the mechanism (the gradient the router gets from one
+# trained supernet, averaged over Gumbel draws), not of one training trajectory, so a CPU's
+# float differences cannot flip it; it holds for several supernet seeds.
 @pytest.mark.parametrize("router_gradient", ["gate", "pair"])
-def test_toy_router_sends_users_that_need_the_wide_embedding_to_it_and_the_others_not(
-    data_root, tmp_path, router_gradient
+@pytest.mark.parametrize("seed", [1, 2])
+def test_router_gradient_points_users_that_need_the_wide_embedding_to_it(
+    data_root, tmp_path, monkeypatch, router_gradient, seed
 ):
-    a_wide, b_wide = _train_toy(data_root, tmp_path, router_gradient, seed=4)
-    assert b_wide >= 0.9 and a_wide <= 0.1, (a_wide, b_wide)
+    model = _toy_supernet(data_root, tmp_path, router_gradient, seed)
+    batch, group = _toy_batch(torch.Generator().manual_seed(99), 200)
+    grads = _router_gradients(model, batch, draws=30, monkeypatch=monkeypatch)
+    mean = torch.stack(grads).mean(0)
+    preference = _wide_preference(model, mean)
+    scale = mean.abs().mean()
+    a, b = preference[group == 0].mean(), preference[group == 1].mean()
+    # Seen over supernet seeds 1-3: b / scale 3.0-3.2 (gate), 2.1-2.2 (pair); a / scale ~0.
+    assert b > 1.0 * scale, (float(a), float(b), float(scale))
+    assert b - a > 1.0 * scale, (float(a), float(b), float(scale))
+    # most B users on their own, not only on average (seen: 80-85%; 30% of targets are noise)
+    assert (preference[group == 1] > 0).float().mean() >= 0.6
 
 
-def test_toy_picked_route_signal_does_not_split(data_root, tmp_path):
-    # The earlier signal (only the picked route's scores carry the router's gradient) never
-    # compares routes: on the same toy and seed it does not split A from B.
-    a_wide, b_wide = _train_toy(data_root, tmp_path, "picked", seed=4)
-    assert not (b_wide >= 0.9 and a_wide <= 0.1), (a_wide, b_wide)
+def test_picked_route_signal_never_compares_routes(data_root, tmp_path, monkeypatch):
+    # The earlier signal (only the picked route's scores carry the router's gradient): per row
+    # the gradient is c (onehot(a) - q), q the softmax of the Gumbel-perturbed logits and a its
+    # argmax, one scalar c per row. It says whether to sharpen the picked route, never which
+    # other route would do better. q and a are recomputed here from the same Gumbel draw.
+    model = _toy_supernet(data_root, tmp_path, "picked", seed=1)
+    batch, _ = _toy_batch(torch.Generator().manual_seed(99), 50)
+    n, routes = 50, len(model.routes)
+    for k, grad in enumerate(_router_gradients(model, batch, draws=3, monkeypatch=monkeypatch)):
+        torch.manual_seed(k)
+        gumbels = -torch.empty(n, routes).exponential_().log()
+        q = torch.softmax((math.log(1.0 / routes) + gumbels) / model.gumbel_tau, dim=-1)
+        picked = F.one_hot(q.argmax(-1), routes).float()
+        direction = picked - q
+        c = (grad * direction).sum(-1, keepdim=True) / (direction**2).sum(-1, keepdim=True)
+        assert torch.allclose(grad, c * direction, atol=1e-6 * float(grad.abs().max()) + 1e-9)
+        assert (c.abs() > 0).all()
 
 
 # --- training data ---------------------------------------------------------------------------

@@ -160,8 +160,10 @@ def test_keys_from_config_files_and_the_command_line_are_checked(tmp_path):
         Config("SASRec", "ml-100k", config_file_list=[str(path)], config_dict=CPU)
     with pytest.raises(ConfigError, match="lerning_rate.*learning_rate"):
         Config("SASRec", "ml-100k", config_dict=CPU, cmd_args=["--lerning_rate=0.1"])
-    with pytest.raises(ConfigError, match="not a key name"):
+    with pytest.raises(ConfigError, match="did you mean 'hidden_size'.*underscores"):
         Config("SASRec", "ml-100k", config_dict=CPU, cmd_args=["--hidden-size=8"])
+    with pytest.raises(ConfigError, match="not a key name"):
+        Config("SASRec", "ml-100k", config_dict=CPU, cmd_args=["--no-such-key=8"])
 
 
 def test_known_keys_hold_recbole_model_keys_but_not_dataset_names():

@@ -243,11 +243,11 @@ def test_parked_state_resumes_in_another_clone(tmp_path):
 
 
 def test_per_user_paired_comparison_matches_hand_computed_values() -> None:
-    """The per-user probe matches users by id (rows come in different orders), scores NDCG@k
+    """The per-user test matches users by id (rows come in different orders), scores NDCG@k
     from the rank, and its paired t over users equals the hand-computed one."""
     import torch
 
-    from benchmarks.per_user_probe import paired_users
+    from recbole_flame.tuning.per_user import paired_users
 
     k = 3
     # user: (rank under a, rank under b); rank >= k scores 0
@@ -256,7 +256,7 @@ def test_per_user_paired_comparison_matches_hand_computed_values() -> None:
     users_b = torch.tensor([14, 13, 12, 11, 10])
     ranks_a = torch.tensor([ranks[int(u)][0] for u in users_a])
     ranks_b = torch.tensor([ranks[int(u)][1] for u in users_b])
-    out = paired_users((ranks_a, users_a), (ranks_b, users_b), k)
+    out = paired_users((ranks_a, users_a), (ranks_b, users_b), f"ndcg@{k}")
 
     def ndcg(r: int) -> float:
         return 1 / math.log2(r + 2) if r < k else 0.0
@@ -270,3 +270,21 @@ def test_per_user_paired_comparison_matches_hand_computed_values() -> None:
     assert math.isclose(out["relative_diff"], mean / b_mean, rel_tol=1e-9)
     assert math.isclose(out["t"], t, rel_tol=1e-9)
     assert (out["a_better_users"], out["b_better_users"]) == (2, 2)
+
+
+def test_milestones_give_the_first_epoch_reaching_each_score(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [1]\nruns:\n  A: {model: SASRec}\nmilestones: [0.05, 0.06, 0.07]\n"
+    )
+    spec = load_spec(spec_file)
+    curve = [0.03, 0.051, 0.049, 0.065, 0.06]  # epochs 0-4: 0.06 first at 3, 0.07 never
+    result = {
+        "test_result": {"ndcg@20": 0.06},
+        "valid_history": [{"epoch": e, "valid_score": v} for e, v in enumerate(curve)],
+    }
+    (tmp_path / "A-seed1.json").write_text(json.dumps({"result": result}))
+    lines = summarize(spec, tmp_path).splitlines()
+    head = next(i for i, line in enumerate(lines) if "first epoch at valid 0.05" in line)
+    row = lines[head + 2]
+    assert [c.strip() for c in row.strip("|").split("|")][2:] == ["1", "3", "-"]

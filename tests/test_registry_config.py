@@ -67,7 +67,9 @@ def test_values_are_parsed_literally_never_evaluated():
         "eval_args": {"mode": "full"},
     }
     with pytest.raises(ConfigError, match="--key=value"):
-        parse_cmd_args(["--epochs", "5"])
+        parse_cmd_args(["--epochs"])  # a key without a value
+    with pytest.raises(ConfigError, match="--key=value"):
+        parse_cmd_args(["--epochs", "--learning_rate=0.1"])
 
 
 def test_precedence_recbole_then_ours_then_file_dict_cmd(tmp_path):

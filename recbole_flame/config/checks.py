@@ -807,6 +807,11 @@ def check_user_keys(user_keys: Iterable[Any], extra_known: Iterable[str] = ()) -
     one edit (or a case change) away from a known key: RecBole would silently ignore it."""
     known = known_keys() | set(extra_known)
     for key in user_keys:
+        if isinstance(key, str) and "-" in key and key.replace("-", "_") in known:
+            raise ConfigError(
+                f"unknown config key '{key}': did you mean '{key.replace('-', '_')}'? (config "
+                "keys use underscores: --train_batch_size=256)"
+            )
         if not isinstance(key, str) or not key.isidentifier():
             raise ConfigError(
                 f"config key {show(key)} is not a key name (letters, digits and _); check the "

@@ -1,6 +1,7 @@
 """RecBole's Config, resolving model names through this package's registry and overlaying its yaml.
 
-Precedence, lowest first: RecBole's defaults (overall, model, dataset and model-type files), this
+Precedence, lowest first: RecBole's defaults (overall, model, dataset and model-type files), for
+this package's ranking models the evaluation profile ``properties/profile/evaluation.yaml``, this
 package's ``properties/model/<Model>.yaml`` then ``properties/dataset/<dataset>.yaml``, config
 files, ``config_dict``, command-line ``--key=value`` arguments. A dataset with no yaml of its own
 and no ``load_col`` given loads every column of its atomic files (``load_col: None``).
@@ -13,6 +14,7 @@ import copy
 import functools
 import os
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,13 +24,14 @@ from recbole.utils import ModelType
 
 from recbole_flame.config.checks import check_config_values, check_user_keys
 from recbole_flame.utils.errors import ConfigError
-from recbole_flame.utils.paths import dataset_yaml_files, properties_dir
+from recbole_flame.utils.paths import dataset_yaml_files, profile_file, properties_dir
 from recbole_flame.utils.registry import available_models, canonical_model_name, get_model
 
 _NONE_WORDS = {"none", "null", "~"}
 # Several of RecBole's intervals joined by ';' ("[5,inf);(0,2]"): yaml would read a list.
 _INTERVALS = re.compile(r"^[\[(][^;\[\]()]*[\])](\s*;\s*[\[(][^;\[\]()]*[\])])+$")
 # Made absolute at config time, so a run that changes directory (a Ray trial) still finds them.
+_CPU_WARNED: list[bool] = []
 PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
 
 
@@ -55,9 +58,22 @@ def parse_value(text: str) -> Any:
 
 
 def parse_cmd_args(args: Sequence[str]) -> dict[str, Any]:
-    """``['--epochs=5', '--topk=[10,20]']`` -> ``{'epochs': 5, 'topk': [10, 20]}``."""
+    """``['--epochs=5', '--topk=[10,20]']`` -> ``{'epochs': 5, 'topk': [10, 20]}``; the
+    space form (``['--epochs', '5']``) reads the same, as for --model and --dataset."""
     parsed: dict[str, Any] = {}
-    for arg in args:
+    args = list(args)
+    joined = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value_next = i + 1 < len(args) and not args[i + 1].startswith("--")
+        if arg.startswith("--") and "=" not in arg and len(arg) > 2 and value_next:
+            joined.append(f"{arg}={args[i + 1]}")
+            i += 2
+        else:
+            joined.append(arg)
+            i += 1
+    for arg in joined:
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(
                 f"argument '{arg}' is not of the form --key=value (write e.g. --epochs=5)"
@@ -158,13 +174,18 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         props = properties_dir()
+        profile_keys = None
+        if getattr(model_class, "uses_evaluation_profile", False):
+            profile_keys = self._update_internal_config_dict(profile_file("evaluation"))
         model_keys = self._update_internal_config_dict(
             props / "model" / f"{model}.yaml", must_exist=False
         )
         dataset_keys = self._update_internal_config_dict(
             props / "dataset" / f"{dataset}.yaml", must_exist=False
         )
-        self._our_yaml_keys = set(model_keys or ()) | set(dataset_keys or ())
+        self._our_yaml_keys = (
+            set(profile_keys or ()) | set(model_keys or ()) | set(dataset_keys or ())
+        )
         if dataset_keys:
             self.parameters["Dataset"] = self.parameters["Dataset"] + [
                 k for k in dataset_keys if k not in self.parameters["Dataset"]
@@ -226,6 +247,20 @@ class Config(RecBoleConfig):
             raise ConfigError(
                 f"sequence_packing: True is available for {', '.join(capable)} only, not "
                 f"{self.model}; remove it or set sequence_packing: False"
+            )
+
+    def _init_device(self) -> None:
+        super()._init_device()
+        final = self.final_config_dict
+        # RecBole's overall.yaml says use_gpu: True whatever the machine has; say what runs.
+        final["use_gpu"] = final["device"].type == "cuda"
+        asked = self.external_config_dict.get("gpu_id")
+        if asked not in (None, "") and not final["use_gpu"] and not _CPU_WARNED:
+            _CPU_WARNED.append(True)  # once per process: comparisons build many configs
+            print(
+                f"warning: gpu_id={asked} was given but CUDA is not available here: this run "
+                "is on the CPU",
+                file=sys.stderr,
             )
 
     def _our_yaml_sets(self, key: str) -> bool:

@@ -185,6 +185,42 @@ def inter_header(config: Any) -> tuple[Path, list[str]] | None:
     return path, [field.split(":")[0] for field in head.rstrip("\r\n").split(sep)]
 
 
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def check_headers(config: Any) -> None:
+    """Stop with one line when an atomic file's header is not RecBole's ``name:type`` fields
+    joined by ``field_separator`` (RecBole itself would stop deep in loading with "not enough
+    values to unpack", or report the wrong column missing)."""
+    folder = Path(config["data_path"])
+    sep = config["field_separator"]
+    for suffix in ("inter", "user", "item"):
+        path = folder / f"{config['dataset']}.{suffix}"
+        if not path.is_file():
+            continue
+        with open(path, encoding=config["encoding"], errors="replace") as f:
+            head = f.readline().rstrip("\r\n")
+        fields = head.split(sep)
+        shown_sep = repr(sep)
+        if len(fields) == 1:
+            other = next((c for c in (",", "\t", ";", "|", " ") if c != sep and c in head), None)
+            if other is not None:
+                raise ConfigError(
+                    f"{path}'s header has no field_separator {shown_sep} but is split by "
+                    f"{other!r}; set field_separator: {other!r} (--field_separator='{other}') or "
+                    "write the file tab-separated"
+                )
+        for field in fields:
+            name, _, kind = field.partition(":")
+            if kind not in ATOMIC_TYPES:
+                got = f"type '{kind}'" if kind else "no type"
+                raise ConfigError(
+                    f"{path}'s header field '{field}' has {got}: RecBole's atomic files name "
+                    f"each column name:type with type one of {', '.join(ATOMIC_TYPES)} (e.g. "
+                    f"user_id:token{sep}item_id:token{sep}timestamp:float); fix the header line"
+                )
+
+
 def check_time_field(config: Any) -> None:
     """Stop with one line, before any data is loaded, when the model needs a time column
     (``needs_time_field``) that will not be loaded: ``TIME_FIELD`` unset (RecBole's sequential
@@ -199,15 +235,22 @@ def check_time_field(config: Any) -> None:
         )
     else:
         why = f"eval_args order TO sorts the interactions by TIME_FIELD before {model} splits them"
+    if config["time_aware"]:  # TiM4Rec's time path reads the gaps between timestamps
+        stand_in = (
+            "add one with real timestamps (TiM4Rec's time-aware part reads the gaps between "
+            "them; positions would make every gap 1, and time_aware: False is its time-blind "
+            "variant)"
+        )
+    else:
+        stand_in = "add one (each interaction's position in its user's sequence will do)"
     fix = (
-        "add one (each interaction's position in its user's sequence will do), set TIME_FIELD to "
-        "its name and, if you set load_col, list it in load_col's inter list"
+        f"{stand_in}, set TIME_FIELD to its name and, if you set load_col, list it in load_col's "
+        "inter list"
     )
     if not field:
         raise ConfigError(
             f"{why}, which is not set; set TIME_FIELD to the .inter file's time column (if it has "
-            "none, add one: each interaction's position in its user's sequence will do) and, if "
-            "you set load_col, list it in load_col's inter list"
+            f"none, {stand_in}) and, if you set load_col, list it in load_col's inter list"
         )
     load_col, unload_col = config["load_col"], config["unload_col"]
     if load_col is not None:

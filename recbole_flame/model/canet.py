@@ -325,6 +325,7 @@ class SupernetBlock(nn.Module):
 class CANet(SequentialRecommender):
     """A router picks one of the supernet's routes per user; inference runs only that route."""
 
+    uses_evaluation_profile = True  # properties/profile/evaluation.yaml
     supports_dense_training = True
     trim_safe = True
 

@@ -219,6 +219,7 @@ class FLAME(SequentialRecommender):
     The two-stage schedule is run by :class:`recbole_flame.trainer.FLAMETrainer`.
     """
 
+    uses_evaluation_profile = True  # properties/profile/evaluation.yaml
     supports_dense_training = True
     supports_packing = True
     trim_safe = True

@@ -294,6 +294,8 @@ class TiM4Rec(SequentialRecommender):
     RecBole builds when the time field is loaded.
     """
 
+    uses_evaluation_profile = True  # properties/profile/evaluation.yaml
+
     supports_dense_training = True
     # Exact with either time_padding: the full-width time path rebuilds RecBole's padding to L.
     trim_safe = True

@@ -14,7 +14,12 @@ from recbole.utils import init_logger, init_seed
 
 from recbole_flame.config import Config
 from recbole_flame.data import apply_history_limit, dense_train_dataloader
-from recbole_flame.data.datasets import check_time_field, dataset_source, provide_dataset
+from recbole_flame.data.datasets import (
+    check_headers,
+    check_time_field,
+    dataset_source,
+    provide_dataset,
+)
 from recbole_flame.model.layers.sequence import TRAIN_MODES
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.registry import available_models, get_model, get_trainer
@@ -83,6 +88,7 @@ def prepare(
         check(config)  # model-specific bad input stops here, before any data is loaded
     check_train_mode(config)
     check_dataset_on_disk(config)
+    check_headers(config)  # a header without name:type fields or another separator: one line
     check_time_field(config)  # a sequential model on data without a time column: one line
     provided = provide_dataset(config)  # at data_path, the bundled copy, or RecBole's download
     init_seed(config["seed"], config["reproducibility"])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole.utils import init_seed
+from torch.utils.tensorboard import SummaryWriter
 
 from recbole_flame.model.flame import check_frozen_checkpoint
 from recbole_flame.model.sasrec import SASRec
@@ -71,12 +72,22 @@ _ADDED_LATER = {"dense_windows": "all", "dense_min_context": 1}
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive lock, so concurrent trials wait for one stage-1 run instead of each training."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115 (closed below, after the unlink)
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        try:  # the holder before us may have removed the file: then lock the new one
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        # removed while held, so no lock file is left behind and no waiter proceeds on it
+        path.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _dataset_fingerprint(config) -> dict[str, str]:
@@ -194,11 +205,20 @@ class FLAMETrainer(Trainer):
         # when the same settings run again (the key guarantees the same data and settings).
         partial = path.with_name(f".{path.name}.partial")
         trainer.saved_model_file = str(partial)
+        trainer.final_model_file = str(path)
+        # stage 1 is a TensorBoard run of its own, beside stage 2's (the same name + -stage1)
+        trainer.tensorboard.close()
+        trainer.tensorboard = SummaryWriter(f"{self.tensorboard.log_dir}-stage1")
         trainer.resume_file = str(path.with_name(f".{path.name}.last"))
         if os.path.isfile(trainer.resume_file):
             trainer.resume_checkpoint(trainer.resume_file, check_settings=False)
             self.logger.info(f"FLAME stage 1: resuming from epoch {trainer.start_epoch + 1}")
-        _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
+        try:
+            _, best_valid = trainer.fit(
+                train_data, valid_data, saved=True, show_progress=show_progress
+            )
+        finally:
+            trainer.tensorboard.close()
         state = load_checkpoint(partial)
         state["stage1_key"] = stage1_key(self.config)
         state["best_valid_result"] = plain(best_valid)

@@ -100,6 +100,7 @@ class SafeCheckpointMixin:
         # The state to resume from: rewritten after every validation (model, optimizer,
         # early-stopping state, learning curve, random generators).
         self.resume_file = self.saved_model_file[: -len(".pth")] + "-last.pth"
+        self.final_model_file: str | None = None  # where saved_model_file ends up, if moved
         self._persist = True
         self._best_in_memory: dict[str, Any] | None = None
         self.epoch_train_seconds: list[float] = []
@@ -168,7 +169,24 @@ class SafeCheckpointMixin:
         path = kwargs.pop("saved_model_file", self.saved_model_file)
         atomic_save(self.checkpoint_state(epoch), path)
         if verbose:
-            self.logger.info(f"Saving current: {path}")
+            # a file written under a temporary name says the name it will have
+            self.logger.info(f"Saving current: {self.final_model_file or path}")
+
+    def _add_hparam_to_tensorboard(self, best_valid_result):
+        # SummaryWriter.add_hparams writes into a new sub-folder named by the time (a stray
+        # run beside each real one); write the same summaries into this run's own folder.
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self.tensorboard
+
+        def add_hparams(hparam_dict, metric_dict):
+            for summary in hparams(hparam_dict, metric_dict):
+                writer._get_file_writer().add_summary(summary)
+            for key, value in metric_dict.items():
+                writer.add_scalar(key, value)
+
+        writer.add_hparams = add_hparams
+        super()._add_hparam_to_tensorboard(best_valid_result)
 
     def save_pretrained_model(self, epoch, saved_model_file):
         atomic_save(self.checkpoint_state(epoch), saved_model_file)

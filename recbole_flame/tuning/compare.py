@@ -8,17 +8,21 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
+from logging import getLogger
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from recbole.data.dataloader import FullSortEvalDataLoader
 
 from recbole_flame.config import Config
 from recbole_flame.quick_start import prepare, train_and_test
+from recbole_flame.tuning.per_user import held_out_ranks, paired_users
 from recbole_flame.tuning.search import absolute_paths
 from recbole_flame.utils.checkpoint import plain
 from recbole_flame.utils.errors import ConfigError
+from recbole_flame.utils.paths import profile
 
 # Settings that decide which interactions a model trains and is tested on, and how it is
 # scored: models compared side by side must agree on all of them.
@@ -72,32 +76,75 @@ def inference_seconds_per_batch(trainer, test_data, batches: int = 10) -> float:
     return statistics.median(times) if times else float("nan")
 
 
+def comparison_settings(
+    models: Sequence[str],
+    dataset: str,
+    config_files: Sequence[str],
+    overrides: dict[str, Any],
+) -> tuple[dict[str, Any], list[str]]:
+    """The settings every model of the comparison trains with: the evaluation and comparison
+    profiles (``properties/profile/``) under what the user gave (``overrides`` and config
+    files, which apply to every model), and one line per model whose own defaults the profile
+    overrides (``key old -> new``)."""
+    chosen = set(overrides)
+    for file in config_files:
+        with open(file, encoding="utf-8") as f:
+            chosen |= set(yaml.safe_load(f) or {})
+    shared = {**profile("evaluation"), **profile("comparison")}
+    shared = {k: v for k, v in shared.items() if k not in chosen}
+    notes = []
+    for model in models:
+        own = Config(model, dataset, config_files, overrides)
+        changed = [
+            f"{key} {own[key]!r} -> {value!r}"
+            for key, value in shared.items()
+            if key != "seed" and plain(own[key]) != plain(value)
+        ]
+        if changed:
+            notes.append(
+                f"comparison profile: {own['model']} trains with "
+                + ", ".join(changed)
+                + " (its own defaults overridden so every model shares them; --key=value sets "
+                "one for all)"
+            )
+    return {**shared, **overrides}, notes
+
+
 def run_comparison(
     models: Sequence[str],
     dataset: str,
-    seeds: Sequence[int],
+    seeds: Sequence[int] | None = None,
     config_files: Sequence[str] = (),
     overrides: dict[str, Any] | None = None,
     output_dir: str = "comparison",
 ) -> dict[str, Any]:
-    """Train and test each model with each seed; write table (md), CSV, JSON and a PNG of the
-    validation metric per epoch into ``output_dir``; returns the summary."""
+    """Train and test each model with each seed (default: the profile's seed) on settings they
+    all share (:func:`comparison_settings`); a FLAME run adds its frozen stage-1 SASRec as the
+    row ``FLAME (frozen)``. Writes table (md), CSV, JSON and a PNG of the validation metric
+    per epoch into ``output_dir``; returns the summary."""
     overrides, config_files = absolute_paths(overrides or {}, config_files)
+    settings, notes = comparison_settings(models, dataset, config_files, overrides)
+    seeds = list(seeds or [settings.get("seed", profile("evaluation")["seed"])])
     check_same_data(
-        {m: Config(m, dataset, config_files, {**overrides, "seed": seeds[0]}) for m in models}
+        {m: Config(m, dataset, config_files, {**settings, "seed": seeds[0]}) for m in models}
     )
+    logger = getLogger()
+    for note in notes:
+        logger.info(note)
     runs = []
     for seed in seeds:
         for model in models:
             config, net, trainer, data = prepare(
-                model, dataset, config_files, {**overrides, "seed": seed}
+                model, dataset, config_files, {**settings, "seed": seed}
             )
             result = train_and_test(config, trainer, data, saved=True)
+            ranks = per_user_ranks(trainer, data[2])
             runs.append(
                 {
                     "model": config["model"],
                     "seed": seed,
                     "valid_metric": config["valid_metric"],
+                    "settings": {k: plain(config[k]) for k in SHARED_TRAINING_KEYS},
                     "test_result": dict(result["test_result"]),
                     "best_valid_result": dict(result["best_valid_result"] or {}),
                     "epoch_seconds": statistics.median(result["epoch_train_seconds"])
@@ -108,15 +155,61 @@ def run_comparison(
                     "curve": [(h["epoch"], h["valid_score"]) for h in result["valid_history"]],
                     "best_epoch": result["best_epoch"],
                     "seconds_to_best": result["elapsed_seconds_to_best"],
+                    "ranks": ranks,
                 }
             )
-    summary = summarize(runs)
+            if hasattr(net, "scoring_with") and result.get("stage1_test_result"):
+                runs.append(frozen_run(runs[-1], result, net, trainer, data[2]))
+    summary = summarize(runs, notes)
     write_outputs(summary, Path(output_dir))
     return summary
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, std and paired t-test (each model against the first, paired by seed)."""
+# The settings of SHARED_TRAINING_KEYS each run recorded (a test checks they are shared).
+SHARED_TRAINING_KEYS = ("train_batch_size", "learning_rate", "epochs", "stopping_step",
+                        "valid_metric", "metrics", "topk")
+
+
+def per_user_ranks(trainer, test_data) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(ranks, users) of the test split, or None where a user has several held-out items
+    (the per-user test needs one per user)."""
+    if not isinstance(test_data, FullSortEvalDataLoader):
+        return None
+    ranks, _, users = held_out_ranks(trainer, test_data)
+    return (ranks, users) if users.unique().numel() == users.numel() else None
+
+
+def frozen_run(learnable: dict, result: dict, net, trainer, test_data) -> dict[str, Any]:
+    """FLAME's frozen stage-1 SASRec as a run of its own, from the same FLAME run: its test
+    and validation results, its stage-1 curve and, scored here, its per-user ranks."""
+    curve = result.get("stage1_learning_curve") or {}
+    with net.scoring_with("frozen"):
+        ranks = per_user_ranks(trainer, test_data)
+        seconds = inference_seconds_per_batch(trainer, test_data)
+    return {
+        **learnable,
+        "model": f"{learnable['model']} (frozen)",
+        "test_result": dict(result["stage1_test_result"]),
+        "best_valid_result": dict(result.get("stage1_valid_result") or {}),
+        "epoch_seconds": float("nan"),  # stage 1 may be cached or given: not timed here
+        "inference_seconds_per_batch": seconds,
+        "parameters": sum(p.numel() for p in net.frozen.parameters()),
+        "curve": [(h["epoch"], h["valid_score"]) for h in curve.get("valid_history", [])],
+        "best_epoch": curve.get("best_epoch"),
+        "seconds_to_best": curve.get("elapsed_seconds_to_best"),
+        "ranks": ranks,
+    }
+
+
+# Fewer paired seeds than this give no across-seed p-value (two equal differences gave
+# "p = 0.000" once; a t-test on 2 pairs has 1 degree of freedom).
+MIN_SEEDS_FOR_P = 3
+
+
+def summarize(runs: list[dict[str, Any]], notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Mean and std per model; each model against the first: a paired t-test across seeds
+    (from MIN_SEEDS_FOR_P seeds) and, per seed, a paired t-test over test users on the
+    validation metric."""
     from scipy import stats
 
     models = list(dict.fromkeys(r["model"] for r in runs))
@@ -124,10 +217,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     by_model = {
         m: sorted((r for r in runs if r["model"] == m), key=lambda r: r["seed"]) for m in models
     }
+    first_runs = {r["seed"]: r for r in by_model[models[0]]}
     rows = []
     for model in models:
         mine = by_model[model]
         row: dict[str, Any] = {"model": model, "seeds": [r["seed"] for r in mine]}
+        paired = [r for r in mine if r["seed"] in first_runs]
         for metric in metrics:
             values = [r["test_result"][metric] for r in mine]
             row[metric] = {
@@ -136,17 +231,35 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "values": values,
                 "p_vs_first": None,
             }
-            first = [r["test_result"][metric] for r in by_model[models[0]]]
-            if model != models[0] and len(values) > 1 and len(values) == len(first):
-                p = stats.ttest_rel(values, first).pvalue
+            if model != models[0] and len(paired) >= MIN_SEEDS_FOR_P:
+                mine_v = [r["test_result"][metric] for r in paired]
+                first_v = [first_runs[r["seed"]]["test_result"][metric] for r in paired]
+                p = stats.ttest_rel(mine_v, first_v).pvalue
                 row[metric]["p_vs_first"] = None if p != p else float(p)  # NaN: identical runs
+        row["per_user_vs_first"] = {}
+        if model != models[0]:
+            for r in paired:
+                first = first_runs[r["seed"]]
+                metric = r["valid_metric"].lower()
+                if r["ranks"] is not None and first["ranks"] is not None:
+                    test = paired_users(r["ranks"], first["ranks"], metric)
+                    row["per_user_vs_first"][r["seed"]] = {"metric": metric, **test}
         for key in ("epoch_seconds", "inference_seconds_per_batch"):
             row[key] = statistics.median(r[key] for r in mine)
         for key in ("best_epoch", "seconds_to_best"):
-            row[key] = statistics.fmean(r[key] for r in mine if r[key] is not None)
+            known = [r[key] for r in mine if r[key] is not None]
+            row[key] = statistics.fmean(known) if known else float("nan")
         row["parameters"] = mine[0]["parameters"]
+        row["settings"] = mine[0]["settings"]
         rows.append(row)
-    return {"models": models, "metrics": metrics, "rows": rows, "runs": plain(runs)}
+    kept = [{k: v for k, v in r.items() if k != "ranks"} for r in runs]
+    return {
+        "models": models,
+        "metrics": metrics,
+        "rows": rows,
+        "notes": list(notes),
+        "runs": plain(kept),
+    }
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -173,20 +286,36 @@ def markdown(summary: dict[str, Any]) -> str:
             cells.append(text)
         cells += [
             f"{row['best_epoch']:.1f}",
-            f"{row['seconds_to_best']:.0f}",
-            f"{row['epoch_seconds']:.1f}",
+            f"{row['seconds_to_best']:.0f}" if row["seconds_to_best"] == row["seconds_to_best"]
+            else "-",
+            f"{row['epoch_seconds']:.1f}" if row["epoch_seconds"] == row["epoch_seconds"] else "-",
             f"{row['inference_seconds_per_batch']:.4f}",
             f"{row['parameters']:,}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = summary["rows"][0]["seeds"]
+    first = summary["models"][0]
     note = (
         f"\nTest metrics of the best-validation model; epochs and wall time (training and "
         f"validation) until the best validation epoch; seeds {seeds}"
     )
     if len(seeds) > 1:
-        note += "; mean ± std, p: paired t-test against the first model"
-    return "\n".join(lines) + note + "."
+        note += "; mean ± std"
+    if len(seeds) >= MIN_SEEDS_FOR_P:
+        note += f"; p: paired t-test across seeds against {first}"
+    else:
+        note += f"; no p-value across seeds (fewer than {MIN_SEEDS_FOR_P})"
+    note += "."
+    for row in summary["rows"]:
+        for seed, t in row["per_user_vs_first"].items():
+            note += (
+                f"\n{row['model']} - {first}, seed {seed}, test {t['metric']} per user over "
+                f"{t['users']} users: {t['mean_diff']:+.4f} ({t['relative_diff']:+.1%}), "
+                f"paired t = {t['t']:.2f}, p = {t['p']:.3g}"
+            )
+    for line in summary.get("notes", []):
+        note += f"\n{line}"
+    return "\n".join(lines) + note
 
 
 def write_outputs(summary: dict[str, Any], folder: Path) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from recbole_flame.config import Config, parse_cmd_args
 from recbole_flame.config.configurator import PATH_KEYS
-from recbole_flame.data.datasets import check_time_field, provide_dataset
+from recbole_flame.data.datasets import check_headers, check_time_field, provide_dataset
 from recbole_flame.quick_start import check_dataset_on_disk, prepare
 from recbole_flame.tuning.hyper import check_search_space, parse_hyper_file, search_space
 from recbole_flame.utils.checkpoint import plain
@@ -116,6 +116,7 @@ def run_search(settings: SearchSettings) -> dict[str, Any]:
     if check is not None:
         check(config)
     check_dataset_on_disk(config)
+    check_headers(config)
     check_time_field(config)
     # Materialise or download once here, so concurrent trials never write the same files.
     print(provide_dataset(config))

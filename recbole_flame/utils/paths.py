@@ -21,6 +21,39 @@ def properties_dir() -> Path:
     )
 
 
+def profile_file(name: str) -> Path:
+    """``properties/profile/<name>.yaml``: ``evaluation`` (how this package's ranking models
+    are scored) or ``comparison`` (the training settings every model of a comparison shares)."""
+    return properties_dir() / "profile" / f"{name}.yaml"
+
+
+def profile(name: str) -> dict:
+    """The key: value pairs of a profile (see :func:`profile_file`)."""
+    import yaml
+
+    with open(profile_file(name), encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def _hyper_dir() -> Path:
+    # the top-level hyper/ in a source checkout, recbole_flame/hyper in a wheel
+    return _PKG.parent / "hyper" if (_PKG.parent / "hyper").is_dir() else _PKG / "hyper"
+
+
+def shipped_hyper_names() -> list[str]:
+    return sorted(path.stem for path in _hyper_dir().glob("*.hyper"))
+
+
+def hyper_file(name: str) -> Path | None:
+    """A hyper file shipped with the package, by model name (``SASRec`` or ``SASRec.hyper``,
+    any case), or None."""
+    wanted = name.removesuffix(".hyper").lower()
+    for path in sorted(_hyper_dir().glob("*.hyper")):
+        if path.stem.lower() == wanted:
+            return path
+    return None
+
+
 def dataset_yaml_files(name: str) -> list[Path]:
     """The yaml files that configure dataset ``name``: this package's
     ``properties/dataset/<name>.yaml`` and RecBole's own (only ml-100k has one)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import re
@@ -74,8 +75,13 @@ def canonical_model_name(name: str) -> str:
         for cand in candidates:
             if cand.lower() == name.lower():
                 return cand
+    close = difflib.get_close_matches(
+        name.lower(), [c.lower() for c in ours + theirs], n=3, cutoff=0.6
+    )
+    spelled = {c.lower(): c for c in ours + theirs}
+    hint = f"did you mean {' or '.join(repr(spelled[c]) for c in close)}? " if close else ""
     raise UnknownModelError(
-        f"unknown model '{name}': this package has {', '.join(ours) or 'none'}; "
+        f"unknown model '{name}': {hint}this package has {', '.join(ours) or 'none'}; "
         f"RecBole has {', '.join(theirs)}"
     )
 
