@@ -317,8 +317,9 @@ def _wide_preference(model, grad: torch.Tensor) -> torch.Tensor:
 # The signals that compare routes (gate: every route's first-order effect; pair: the picked
 # route against a neighbour) point B users, which only embedding-8 routes can predict, to those
 # routes, and A users less so. A test of the mechanism (the gradient the router gets from one
-# trained supernet, averaged over Gumbel draws), not of one training trajectory, so a CPU's
-# float differences cannot flip it; it holds for several supernet seeds.
+# trained supernet, averaged over Gumbel draws), not of the router's own training; the supernet's
+# float path still varies by CPU, which acts like another seed, and the margin is 2-3x the
+# spread over supernet seeds 1-3.
 @pytest.mark.parametrize("router_gradient", ["gate", "pair"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_router_gradient_points_users_that_need_the_wide_embedding_to_it(
@@ -354,7 +355,7 @@ def test_picked_route_signal_never_compares_routes(data_root, tmp_path, monkeypa
         direction = picked - q
         c = (grad * direction).sum(-1, keepdim=True) / (direction**2).sum(-1, keepdim=True)
         assert torch.allclose(grad, c * direction, atol=1e-6 * float(grad.abs().max()) + 1e-9)
-        assert (c.abs() > 0).all()
+        assert (c.abs() > 1e-8 * grad.abs().max()).all()
 
 
 # --- training data ---------------------------------------------------------------------------
