@@ -19,10 +19,11 @@ def program_name() -> str:
     """``recbole-flame`` for the console script and ``python -m recbole_flame``, else the
     script's name."""
     called = os.path.normpath(sys.argv[0]) if sys.argv else ""
-    module = called.endswith(os.path.join("recbole_flame", "__main__.py"))
-    return "recbole-flame" if module or os.path.basename(called) == "recbole-flame" else (
-        "run_recbole_flame.py"
-    )
+    if os.path.basename(called) == "recbole-flame" or called.endswith(
+        os.path.join("recbole_flame", "__main__.py")
+    ):
+        return "recbole-flame"
+    return "run_recbole_flame.py"
 
 
 def build_parser() -> argparse.ArgumentParser:

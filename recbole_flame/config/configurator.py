@@ -30,8 +30,8 @@ from recbole_flame.utils.registry import available_models, canonical_model_name,
 _NONE_WORDS = {"none", "null", "~"}
 # Several of RecBole's intervals joined by ';' ("[5,inf);(0,2]"): yaml would read a list.
 _INTERVALS = re.compile(r"^[\[(][^;\[\]()]*[\])](\s*;\s*[\[(][^;\[\]()]*[\])])+$")
+_CPU_WARNED: list[bool] = []  # the no-CUDA warning is printed once per process
 # Made absolute at config time, so a run that changes directory (a Ray trial) still finds them.
-_CPU_WARNED: list[bool] = []
 PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
 
 
@@ -256,7 +256,7 @@ class Config(RecBoleConfig):
         final["use_gpu"] = final["device"].type == "cuda"
         asked = self.external_config_dict.get("gpu_id")
         if asked not in (None, "") and not final["use_gpu"] and not _CPU_WARNED:
-            _CPU_WARNED.append(True)  # once per process: comparisons build many configs
+            _CPU_WARNED.append(True)  # comparisons and searches build many configs
             print(
                 f"warning: gpu_id={asked} was given but CUDA is not available here: this run "
                 "is on the CPU",

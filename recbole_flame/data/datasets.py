@@ -201,17 +201,16 @@ def check_headers(config: Any) -> None:
         with open(path, encoding=config["encoding"], errors="replace") as f:
             head = f.readline().rstrip("\r\n")
         fields = head.split(sep)
-        shown_sep = repr(sep)
         if len(fields) == 1:
             other = next((c for c in (",", "\t", ";", "|", " ") if c != sep and c in head), None)
             if other is not None:
                 raise ConfigError(
-                    f"{path}'s header has no field_separator {shown_sep} but is split by "
+                    f"{path}'s header has no field_separator {sep!r} but is split by "
                     f"{other!r}; set field_separator: {other!r} (--field_separator='{other}') or "
                     "write the file tab-separated"
                 )
         for field in fields:
-            name, _, kind = field.partition(":")
+            kind = field.partition(":")[2]
             if kind not in ATOMIC_TYPES:
                 got = f"type '{kind}'" if kind else "no type"
                 raise ConfigError(

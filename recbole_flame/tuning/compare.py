@@ -124,7 +124,8 @@ def run_comparison(
     per epoch into ``output_dir``; returns the summary."""
     overrides, config_files = absolute_paths(overrides or {}, config_files)
     settings, notes = comparison_settings(models, dataset, config_files, overrides)
-    seeds = list(seeds or [settings.get("seed", profile("evaluation")["seed"])])
+    # default: the seed the runs would use (a config file's, else the profile's)
+    seeds = list(seeds or [Config(models[0], dataset, config_files, settings)["seed"]])
     check_same_data(
         {m: Config(m, dataset, config_files, {**settings, "seed": seeds[0]}) for m in models}
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import recbole
+import yaml
 
 _PKG = Path(__file__).resolve().parent.parent
 
@@ -29,8 +30,6 @@ def profile_file(name: str) -> Path:
 
 def profile(name: str) -> dict:
     """The key: value pairs of a profile (see :func:`profile_file`)."""
-    import yaml
-
     with open(profile_file(name), encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
 
