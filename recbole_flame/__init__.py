@@ -2,8 +2,29 @@
 
 import warnings
 
+import numpy  # noqa: E402
+
+from recbole_flame.numpy_compat import restore_removed_aliases  # noqa: E402
+
 # Ray 2.6 (pinned by RecBole 1.2.1) imports the deprecated pkg_resources; the warning is noise.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+# RecBole 1.2.1's docstrings hold regex escapes that Python 3.12+ flags when compiling them.
+warnings.filterwarnings("ignore", message="invalid escape sequence", category=SyntaxWarning)
+# pandas 2.2+ warns at each of RecBole's `feat[field].fillna(..., inplace=True)` (one warning per
+# field, per dataset load) that pandas 3 will ignore it; under pandas 2, which setup.cfg keeps,
+# the fill works. Silenced for RecBole's modules only.
+warnings.filterwarnings(
+    "ignore",
+    message="A value is trying to be set on a copy of a DataFrame or Series through chained",
+    category=FutureWarning,
+    module=r"recbole\.",
+)
+# RecBole's trainer builds torch.cuda.amp.GradScaler, which torch 2.4+ calls deprecated, at every
+# fit (each FLAME stage, each trial).
+warnings.filterwarnings(
+    "ignore", message=r"`torch.cuda.amp.GradScaler\(args...\)` is deprecated", category=FutureWarning
+)
+restore_removed_aliases(numpy)
 
 import recbole.model.sequential_recommender  # noqa: E402, F401  (for its side effect, undone below)
 import torch  # noqa: E402

@@ -23,6 +23,7 @@ from recbole_flame.config.configurator import PATH_KEYS
 from recbole_flame.data.datasets import check_headers, check_time_field, provide_dataset
 from recbole_flame.quick_start import check_dataset_on_disk, prepare
 from recbole_flame.tuning.hyper import check_search_space, parse_hyper_file, search_space
+from recbole_flame.tuning.ray_api import tune_api
 from recbole_flame.utils.checkpoint import plain
 from recbole_flame.utils.errors import ConfigError
 
@@ -64,7 +65,7 @@ def _trial(
     threads: int,
 ):
     """One Tune trial: train with validation each epoch, reporting it; no test evaluation."""
-    from ray.air import session
+    _, _, tune_report = tune_api()
 
     torch.set_num_threads(threads)
     config_dict = {**base, **params}
@@ -86,7 +87,7 @@ def _trial(
             end = "all epochs"
         else:
             end = ""
-        session.report(
+        tune_report(
             {
                 "valid_score": float(score),
                 "epoch": epoch + 1,
@@ -101,10 +102,11 @@ def _trial(
 def run_search(settings: SearchSettings) -> dict[str, Any]:
     """Run the search; returns the trials table, the best config and its test result."""
     import ray
-    from ray import air, tune
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    RunConfig, FailureConfig, _ = tune_api()
     params = parse_hyper_file(settings.hyper_file)
     overrides, config_files = absolute_paths(settings.overrides, settings.config_files)
     output_dir = Path(settings.output_dir).absolute()
@@ -179,10 +181,10 @@ def run_search(settings: SearchSettings) -> dict[str, Any]:
                     reduction_factor=2,
                 ),
             ),
-            run_config=air.RunConfig(
+            run_config=RunConfig(
                 name=name,
                 storage_path=str(output_dir),
-                failure_config=air.FailureConfig(max_failures=0),
+                failure_config=FailureConfig(max_failures=0),
                 verbose=1,
             ),
         )
