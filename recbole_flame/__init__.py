@@ -2,9 +2,9 @@
 
 import warnings
 
-import numpy  # noqa: E402
+import numpy
 
-from recbole_flame.numpy_compat import restore_removed_aliases  # noqa: E402
+from recbole_flame.numpy_compat import restore_removed_aliases
 
 # Ray 2.6 (pinned by RecBole 1.2.1) imports the deprecated pkg_resources; the warning is noise.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
