@@ -3,6 +3,7 @@
 python run_recbole_flame.py --model=FLAME --dataset=ml-100k [--key=value ...]
 python run_recbole_flame.py --model=FLAME --hyper=hyper/FLAME.hyper --trials=8   # Ray Tune
 python run_recbole_flame.py --model=FLAME,SASRec,BERT4Rec --seeds=1,2,3          # compare
+python run_recbole_flame.py --spec=benchmarks/experiments/flame_ml100k.yaml [--summary]  # experiment
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=program_name(),
         description="Train and test a recbole_flame or RecBole model with RecBole's pipeline, "
-        "tune it with Ray Tune (--hyper), or compare several (--model=A,B,C). Any other "
-        "--key=value sets a RecBole config key (e.g. --epochs=5 --data_path=DIR).",
+        "tune it with Ray Tune (--hyper), compare several (--model=A,B,C), or run an experiment "
+        "spec to early stopping (--spec). Any other --key=value sets a RecBole config key (e.g. "
+        "--epochs=5 --data_path=DIR).",
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -65,8 +67,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--hyper: resume the interrupted search (no PATH)",
     )
     compare = parser.add_argument_group("comparison (with --model=A,B,...)")
-    compare.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 1,2,3")
+    compare.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds, e.g. 1,2,3 (with --spec: instead of the spec's)",
+    )
+    experiment = parser.add_argument_group(
+        "experiment (with --spec; run from the repository root: results go to "
+        "benchmarks/results/<spec name>/ under the current directory)"
+    )
+    experiment.add_argument(
+        "--spec",
+        default=None,
+        metavar="FILE",
+        help="an experiment spec (benchmarks/experiments/*.yaml): train its unfinished runs to "
+        "early stopping, resuming stopped ones, then write and print summary.md",
+    )
+    experiment.add_argument(
+        "--only", nargs="+", default=None, metavar="LABEL", help="run only these labels of the spec"
+    )
+    experiment.add_argument("--threads", type=int, default=None, help="torch threads")
+    experiment.add_argument(
+        "--summary",
+        action="store_true",
+        help="train nothing: write and print summary.md from the finished runs, and stop",
+    )
+    experiment.add_argument(
+        "--progress",
+        action="store_true",
+        help="write in_progress-<run>.md (learning curve so far) for each unfinished run, and stop",
+    )
+    experiment.add_argument(
+        "--park",
+        action="store_true",
+        help="as --progress, and pack each unfinished run's state into parked/<run>.tar (to "
+        "commit, so a fresh clone resumes it)",
+    )
+    experiment.add_argument("--out", default=None, help="default: benchmarks/results/<spec name>")
     return parser
+
+
+# The options that only an experiment (--spec) reads, as the parser names them.
+_EXPERIMENT_ONLY = ("only", "threads", "summary", "progress", "park", "out")
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -85,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         models = [m.strip() for m in args.model.split(",") if m.strip()]
         seeds = _seeds(args.seeds)
-        if args.hyper:
+        if args.spec is not None:
+            _experiment(parser, args, seeds, overrides)
+        elif given := [f"--{k}" for k in _EXPERIMENT_ONLY if getattr(args, k) not in (None, False)]:
+            raise UserError(f"{', '.join(given)}: only with --spec=FILE (an experiment spec)")
+        elif args.hyper:
             if len(models) != 1:
                 raise UserError("--hyper tunes one model; give a single --model")
             _search(args, overrides)
@@ -142,6 +188,34 @@ def _search(args, overrides: Sequence[str]) -> None:
     print(f"\nbest config: {summary['best_config']} (valid {summary['best_valid_score']})")
     print(f"test result of the best config: {summary['test_result']}")
     print(f"written: {summary['experiment']}/search_results.json and trials.csv")
+
+
+def _experiment(
+    parser: argparse.ArgumentParser, args, seeds: list[int] | None, overrides: Sequence[str]
+) -> None:
+    """``--spec``: the experiment engine (:func:`recbole_flame.experiment.runs.run_experiment`)
+    instead of a single run; a spec holds every setting, so other settings are refused."""
+    from recbole_flame.experiment.runs import run_experiment
+
+    mixed = [*overrides]
+    for option in ("model", "dataset", "hyper", "config_files", "resume"):
+        if getattr(args, option) != parser.get_default(option):
+            mixed.append(f"--{option}")
+    if mixed:
+        raise UserError(
+            f"--spec runs an experiment from its spec alone; {', '.join(mixed)} cannot be combined "
+            "with it (put settings in the spec's base or a run's config)"
+        )
+    run_experiment(
+        args.spec,
+        only=args.only,
+        seeds=seeds,
+        threads=args.threads,
+        summary=args.summary,
+        progress=args.progress,
+        park_runs=args.park,
+        out=args.out,
+    )
 
 
 def _compare(args, models, seeds, config_files, overrides: Sequence[str]) -> None:

@@ -1,6 +1,7 @@
 """Fuzz: bad input through the CLI's config stage always ends in one line, never a traceback.
 
-For every key of the check table and every kind of bad value (wrong type, out of range, empty,
+For every rule of the check table (every common key, and every key of every model of this
+package, each under a model it applies to) and every kind of bad value (wrong type, out of range, empty,
 huge, unicode, a list where a scalar is wanted, plus seeded random garbage), ``main`` runs
 in-process with ``--key=value`` and must exit 2 with one stderr line naming the key, before the
 run reaches its data. Files that exist but are not what they should be (frozen checkpoints,
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recbole_flame.config.checks import RULES, Rule, known_keys
+from recbole_flame.config.checks import COMMON_RULES, Entry, Rule, known_keys, rule_table
 from recbole_flame.utils.checkpoint import atomic_save
 from tests.conftest import DataStageReached
 
@@ -35,12 +36,13 @@ UNICODE_POOL = "aZéßçøñ中文字あア한글ش\u0301\u200b\u2028\u00a0\t�
 @dataclass(frozen=True)
 class Case:
     key: str
+    model: str  # the model the rule applies to, run with --model
     kind: str  # what is wrong with the value
     text: str  # as written after --key=
 
     @property
     def id(self) -> str:
-        return f"{self.key}-{self.kind}"
+        return f"{self.model}-{self.key}-{self.kind}"
 
 
 def _garbage(rng: random.Random) -> str:
@@ -223,6 +225,35 @@ STRUCTURED_BAD: dict[str, dict[str, list[str]]] = {
     },
 }
 STRUCTURED_BAD["item_inter_num_interval"] = STRUCTURED_BAD["user_inter_num_interval"]
+# CETNet's: its default base_models are two, so a list of another length is bad as well.
+STRUCTURED_BAD.update(
+    {
+        "base_models": {
+            "type": ["5", "DCNV2", "{DCNV2: 1}"],
+            "range": ["[SASRec]", "[NoSuchModel]", "[CETNet]", "[DCNV2, 5]", "[BPR, DeepFM]"],
+            "empty": ["''", "[]"],
+            "huge": [HUGE_INT, "[" + "x" * 100_000 + "]"],
+            "unicode": ["[DéepFM]", "[深度]"],
+            "list": ["[[DCNV2]]", "[[DCNV2, DeepFM]]"],
+        },
+        "base_embedding_sizes": {
+            "type": ["5", "abc", "{a: 1}", "[8, abc]"],
+            "range": ["[0, 8]", "[-1, 8]", "[8, 2.5]", "[8]", "[8, 8, 8]"],
+            "empty": ["''", "[]"],
+            "huge": [f"[{HUGE_INT}, 8]", "[1e999, 8]"],
+            "unicode": ["[８, 8]", "[π, 8]"],
+            "list": ["[[8], [8]]"],
+        },
+        "base_model_overrides": {
+            "type": ["5", "abc", "[5, 6]", "{epochs: 3}"],
+            "range": ["[{epochs: 3}, ~]", "[~, {learning_rate: 0.1}]", "[~]", "[~, ~, ~]"],
+            "empty": ["''", "[]"],
+            "huge": [HUGE_INT],
+            "unicode": ["[ñ, ~]", "[{épochs: 3}]"],
+            "list": ["[[{a: 1}], ~]"],
+        },
+    }
+)
 
 # Bad only together with the defaults of the key's model: caught by a check across keys.
 SEMANTIC_BAD: dict[str, list[str]] = {
@@ -244,23 +275,30 @@ KIND_CASES = {
 }
 
 
-def _model(rule: Rule) -> str:
-    return sorted(rule.models)[0] if rule.models else "SASRec"
+def _model(entry: Entry) -> str:
+    return entry.models[0] if entry.models else "SASRec"
+
+
+TABLE = rule_table()
 
 
 def build_cases(seed: int = SEED) -> list[Case]:
-    """Per key, one value drawn from each kind of badness (random garbage included), and
-    every semantic case."""
+    """Per rule, one value drawn from each kind of badness (random garbage included), and every
+    semantic case of a key (under the key's first rule)."""
     rng = random.Random(seed)
     cases = []
-    for key, rule in RULES.items():
+    semantic_done = set()
+    for entry in TABLE:
+        key, rule, model = entry.key, entry.rule, _model(entry)
         if rule.kind in KIND_CASES:
             by_kind = KIND_CASES[rule.kind](rule, rng)
         else:
             by_kind = STRUCTURED_BAD[key]
         for kind, texts in by_kind.items():
-            cases.append(Case(key, kind, rng.choice(texts)))
-        cases += [Case(key, "semantic", text) for text in SEMANTIC_BAD.get(key, [])]
+            cases.append(Case(key, model, kind, rng.choice(texts)))
+        if key not in semantic_done:
+            semantic_done.add(key)
+            cases += [Case(key, model, "semantic", t) for t in SEMANTIC_BAD.get(key, [])]
     return cases
 
 
@@ -268,13 +306,15 @@ CASES = build_cases()
 
 
 def test_every_structured_key_has_written_out_bad_values():
-    structured = {k for k, r in RULES.items() if r.kind not in KIND_CASES}
+    structured = {e.key for e in TABLE if e.rule.kind not in KIND_CASES}
     assert structured == set(STRUCTURED_BAD)
 
 
-def test_the_fuzz_is_a_few_hundred_cases_over_every_key():
-    assert {c.key for c in CASES} == set(RULES)
-    assert 300 <= len(CASES) <= 1500
+def test_the_fuzz_covers_every_rule_of_every_model_with_every_kind_of_badness():
+    assert {(c.key, c.model) for c in CASES} == {(e.key, _model(e)) for e in TABLE}
+    models = {m for e in TABLE for m in (e.models or ())}
+    assert models == {"CANet", "CETNet", "FLAME", "TiM4Rec"}  # each has keys of its own
+    assert 300 <= len(CASES) <= 2000
     kinds = {c.kind for c in CASES}
     assert {"type", "range", "empty", "huge", "unicode", "list", "random"} <= kinds
 
@@ -288,11 +328,11 @@ def _assert_one_line(code: int, lines: list[str], *names: str) -> None:
         assert name in lines[0], (name, lines[0])
 
 
-@pytest.mark.parametrize("key", sorted(RULES))
-def test_bad_values_of_each_key_end_in_one_line(cli_config_stage, key):
-    model = _model(RULES[key])
+@pytest.mark.parametrize("scope", sorted({(c.model, c.key) for c in CASES}), ids="-".join)
+def test_bad_values_of_each_key_end_in_one_line(cli_config_stage, scope):
+    model, key = scope
     failures = []
-    for case in (c for c in CASES if c.key == key):
+    for case in (c for c in CASES if (c.model, c.key) == scope):
         try:
             code, lines = cli_config_stage(f"--model={model}", "--gpu_id=", f"--{key}={case.text}")
             _assert_one_line(code, lines, key)
@@ -318,7 +358,7 @@ def _typos(key: str, rng: random.Random) -> list[str]:
 def test_misspelt_keys_end_in_one_line_with_did_you_mean(cli_config_stage):
     rng = random.Random(SEED)
     count = 0
-    for key in sorted(k for k, r in RULES.items() if r.models is None and len(k) >= 5):
+    for key in sorted(k for k in COMMON_RULES if len(k) >= 5):
         for typo in _typos(key, rng):
             code, lines = cli_config_stage("--model=SASRec", "--gpu_id=", f"--{typo}=1")
             _assert_one_line(code, lines, f"'{typo}'", f"'{key}'", "did you mean")

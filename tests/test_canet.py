@@ -3,10 +3,12 @@ the raw data file, hand-computed losses and counts, and a toy routing problem.""
 
 from __future__ import annotations
 
+import copy
 import math
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -524,6 +526,109 @@ def test_pair_neighbours_are_one_step_in_one_dimension(two_by_two):
     drawn = Counter(model.routes[r] for r in model.sample_neighbours(index).tolist())
     assert set(drawn) == {(8, 1, 16), (16, 1, 8)}
     assert abs(drawn[(8, 1, 16)] - 1000) < 150
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+# A CANet small enough that its state fits in tests/data (~135 KB); its parameters' names, order
+# and shapes below were read from the single-module canet.py, before it became a package, and
+# tests/data/canet_tiny_state.pth was saved by that code (its state after _perturbed, with the
+# router logits and forward scores of SEQ). Saved and parked checkpoints load by these names.
+TINY_STATE = dict(
+    hidden_size_list=[4, 8], embedding_size_list=[4, 8], router_hidden_size=4, router_inner_size=8
+)
+TINY_STATE_FILE = Path(__file__).resolve().parent / "data" / "canet_tiny_state.pth"
+STATE_KEYS = [
+    ("item_embedding.weight", (1127, 8)),
+    ("position_embedding.weight", (10, 8)),
+    ("input_projection.weight", (8, 8)),
+    ("input_projection.bias", (8,)),
+    ("blocks.0.scale_attn", ()),
+    ("blocks.0.scale_ffn", ()),
+    ("blocks.0.query.weight", (8, 8)),
+    ("blocks.0.query.bias", (8,)),
+    ("blocks.0.key.weight", (8, 8)),
+    ("blocks.0.key.bias", (8,)),
+    ("blocks.0.value.weight", (8, 8)),
+    ("blocks.0.value.bias", (8,)),
+    ("blocks.0.out.weight", (8, 8)),
+    ("blocks.0.out.bias", (8,)),
+    ("blocks.0.ffn_in.weight", (32, 8)),
+    ("blocks.0.ffn_in.bias", (32,)),
+    ("blocks.0.ffn_out.weight", (8, 32)),
+    ("blocks.0.ffn_out.bias", (8,)),
+    ("blocks.0.norm_attn.weight", (8,)),
+    ("blocks.0.norm_attn.bias", (8,)),
+    ("blocks.0.norm_ffn.weight", (8,)),
+    ("blocks.0.norm_ffn.bias", (8,)),
+    ("blocks.1.scale_attn", ()),
+    ("blocks.1.scale_ffn", ()),
+    ("blocks.1.query.weight", (8, 8)),
+    ("blocks.1.query.bias", (8,)),
+    ("blocks.1.key.weight", (8, 8)),
+    ("blocks.1.key.bias", (8,)),
+    ("blocks.1.value.weight", (8, 8)),
+    ("blocks.1.value.bias", (8,)),
+    ("blocks.1.out.weight", (8, 8)),
+    ("blocks.1.out.bias", (8,)),
+    ("blocks.1.ffn_in.weight", (32, 8)),
+    ("blocks.1.ffn_in.bias", (32,)),
+    ("blocks.1.ffn_out.weight", (8, 32)),
+    ("blocks.1.ffn_out.bias", (8,)),
+    ("blocks.1.norm_attn.weight", (8,)),
+    ("blocks.1.norm_attn.bias", (8,)),
+    ("blocks.1.norm_ffn.weight", (8,)),
+    ("blocks.1.norm_ffn.bias", (8,)),
+    ("output_layer.weight", (1127, 8)),
+    ("output_layer.bias", (1127,)),
+    ("router_item_embedding.weight", (1127, 4)),
+    ("router_position_embedding.weight", (10, 4)),
+    ("router_encoder.layer.0.multi_head_attention.query.weight", (4, 4)),
+    ("router_encoder.layer.0.multi_head_attention.query.bias", (4,)),
+    ("router_encoder.layer.0.multi_head_attention.key.weight", (4, 4)),
+    ("router_encoder.layer.0.multi_head_attention.key.bias", (4,)),
+    ("router_encoder.layer.0.multi_head_attention.value.weight", (4, 4)),
+    ("router_encoder.layer.0.multi_head_attention.value.bias", (4,)),
+    ("router_encoder.layer.0.multi_head_attention.dense.weight", (4, 4)),
+    ("router_encoder.layer.0.multi_head_attention.dense.bias", (4,)),
+    ("router_encoder.layer.0.multi_head_attention.LayerNorm.weight", (4,)),
+    ("router_encoder.layer.0.multi_head_attention.LayerNorm.bias", (4,)),
+    ("router_encoder.layer.0.feed_forward.dense_1.weight", (8, 4)),
+    ("router_encoder.layer.0.feed_forward.dense_1.bias", (8,)),
+    ("router_encoder.layer.0.feed_forward.dense_2.weight", (4, 8)),
+    ("router_encoder.layer.0.feed_forward.dense_2.bias", (4,)),
+    ("router_encoder.layer.0.feed_forward.LayerNorm.weight", (4,)),
+    ("router_encoder.layer.0.feed_forward.LayerNorm.bias", (4,)),
+    ("router_norm.weight", (4,)),
+    ("router_norm.bias", (4,)),
+    ("router_head.weight", (8, 4)),
+    ("router_head.bias", (8,)),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_state_model(data_root, tmp_path_factory):
+    _, model, _, _ = prepare_in(
+        tmp_path_factory.mktemp("canet_state"), "CANet", _config(data_root, **TINY_STATE)
+    )
+    return model
+
+
+def test_parameter_names_order_and_shapes_are_unchanged(tiny_state_model):
+    got = [(k, tuple(v.shape)) for k, v in tiny_state_model.state_dict().items()]
+    assert got == STATE_KEYS
+
+
+def test_a_checkpoint_of_the_single_module_code_loads_and_scores_the_same(tiny_state_model):
+    saved = torch.load(TINY_STATE_FILE, map_location="cpu", weights_only=True)
+    model = copy.deepcopy(tiny_state_model)
+    model.load_state_dict(saved["state_dict"])  # strict: every name and shape matches
+    model.eval()
+    with torch.no_grad():
+        logits = model.router_logits(SEQ, LENGTHS)
+        scores = model.forward(SEQ, LENGTHS)
+    assert len(set(logits.argmax(-1).tolist())) == 2  # the two rows on different routes
+    assert torch.allclose(logits, saved["router_logits"], atol=1e-5)
+    assert torch.allclose(scores, saved["scores"], atol=1e-5)
 
 
 # --- configuration ---------------------------------------------------------------------------

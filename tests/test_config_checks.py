@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recbole_flame.config import Config
-from recbole_flame.config.checks import RULES, known_keys
+from recbole_flame.config.checks import COMMON_RULES, known_keys, rule_table, rules_for
 from recbole_flame.utils.errors import ConfigError, UnknownModelError
 from recbole_flame.utils.registry import available_models
 from tests.conftest import DataStageReached
@@ -121,8 +121,42 @@ def test_model_keys_are_checked_only_for_their_model():
 
 def test_every_rule_refuses_something():
     # A rule that accepts everything would make its fuzz cases pass vacuously.
-    for key, rule in RULES.items():
-        assert not rule.ok(object()), key
+    for entry in rule_table():
+        assert not entry.rule.ok(object()), entry.key
+
+
+@pytest.mark.parametrize("model", ["FLAME", "TiM4Rec", "CANet", "CETNet", "SASRec"])
+def test_every_key_of_a_models_yaml_has_a_rule_for_that_model(model):
+    import yaml
+
+    from recbole_flame.utils.paths import properties_dir
+    from recbole_flame.utils.registry import get_model
+
+    path = properties_dir() / "model" / f"{model}.yaml"
+    keys = set(yaml.safe_load(path.read_text())) if path.is_file() else set()
+    assert model == "SASRec" or len(keys) >= 8, keys
+    missing = keys - set(rules_for(get_model(model)))
+    assert not missing, f"{model}.yaml keys without a rule: {sorted(missing)}"
+
+
+def test_a_models_own_rule_narrows_a_common_key_only_for_that_model():
+    from recbole_flame.utils.registry import get_model
+
+    # RecBole's n_layers may be 0 (LightGCN without propagation); an SSD stack needs a layer.
+    assert COMMON_RULES["n_layers"].ok(0)
+    assert not rules_for(get_model("TiM4Rec"))["n_layers"].ok(0)
+    assert "loss_type" not in COMMON_RULES  # RecBole's models each pick theirs
+    assert "CE" in _refused("FLAME", loss_type="BPR")
+    _config("SASRec", loss_type="BPR", train_neg_sample_args={"distribution": "uniform"})
+
+
+def test_the_table_lists_each_key_once_per_scope_and_names_its_models():
+    table = rule_table()
+    scopes = [(e.key, e.models) for e in table]
+    assert len(scopes) == len(set(scopes))
+    tau = [e.models for e in table if e.key == "tau"]
+    assert tau == [("CETNet", "FLAME")]  # declared alike by both: one row
+    assert {e.key for e in table if e.models is None} == set(COMMON_RULES)
 
 
 # --- misspelt keys --------------------------------------------------------------------------

@@ -348,3 +348,21 @@ def test_missing_frozen_checkpoint_is_one_line(data_root, tmp_path):
     )
     line = _one_line_error(proc)
     assert str(missing) in line and "frozen_checkpoint" in line
+
+
+def test_stage1_cache_key_leaves_out_the_same_keys_as_before_the_one_home_move():
+    """The stage-1 key is built from the package's one list of keys no run learns from plus
+    FLAME's own keys; it must leave out exactly what the committed caches were keyed without
+    (written out here), or every cached stage 1 of hours would be trained again."""
+    from recbole_flame.trainer.stage1_cache import NOT_STAGE1
+
+    written_without = set(
+        """
+        path_mixing module_split n_paths tau cl_normalize detach_pair_weights frozen_dropout
+        lambda_0 lambda_R anneal_epochs frozen_checkpoint stage1_cache_dir stage1_epochs
+        attention_impl epochs model data_path checkpoint_dir gpu_id use_gpu device state
+        show_progress worker log_wandb wandb_project eval_batch_size single_spec local_rank
+        config_files save_dataset save_dataloaders dataset_save_path dataloaders_save_path
+        """.split()
+    )
+    assert written_without == NOT_STAGE1

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.flame_cost import count_flops  # noqa: E402
+from recbole_flame.experiment.micro import count_flops
 
 
 def test_count_flops_covers_forward_and_backward() -> None:

@@ -21,7 +21,9 @@ L = 8
 
 
 def _config(data_root, **overrides) -> Config:
-    return Config("SASRec", TINY, config_dict=seq_config(data_root, MAX_ITEM_LIST_LENGTH=L, **overrides))
+    return Config(
+        "SASRec", TINY, config_dict=seq_config(data_root, MAX_ITEM_LIST_LENGTH=L, **overrides)
+    )
 
 
 class _Items:
@@ -230,7 +232,9 @@ def test_fast_dropout_has_dropouts_distribution():
         torch.testing.assert_close(out[kept], x[kept] / (1 - p))
         assert abs(out.mean().item() - x.mean().item()) < 0.01  # unbiased, as nn.Dropout
     assert torch.equal(FastDropout(0.5).eval()(x), x)
-    net = use_fast_dropout(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.3), nn.Sequential(nn.Dropout(0.1))))
+    net = use_fast_dropout(
+        nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.3), nn.Sequential(nn.Dropout(0.1)))
+    )
     assert [type(m).__name__ for m in net.modules()].count("FastDropout") == 2
     assert net[1].p == 0.3 and net[2][0].p == 0.1
 

@@ -21,7 +21,9 @@ def _raw(policy: str, campaign: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> dict[str, pd.DataFrame]:
-    paths = write_open_bandit(tmp_path_factory.mktemp("obd"), parts=[("random", "men"), ("bts", "all")])
+    paths = write_open_bandit(
+        tmp_path_factory.mktemp("obd"), parts=[("random", "men"), ("bts", "all")]
+    )
     return {k: pd.read_csv(p, sep="\t", dtype=str) for k, p in paths.items()}
 
 

@@ -220,8 +220,11 @@ def test_packing_is_refused_for_a_model_that_cannot_pack(data_root, workdir):
     from recbole_flame.utils import ConfigError
 
     with pytest.raises(ConfigError, match="sequence_packing: True is available for FLAME, SASRec"):
-        Config(model="GRU4Rec", dataset="ml-tiny", config_dict=seq_config(
-            data_root, sequence_packing=True))
+        Config(
+            model="GRU4Rec",
+            dataset="ml-tiny",
+            config_dict=seq_config(data_root, sequence_packing=True),
+        )
     assert Config(model="SASRec", dataset="ml-tiny", config_dict=seq_config(data_root))[
         "sequence_packing"
     ]

@@ -9,7 +9,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole.utils import ModelType
 
 from recbole_flame.config import Config, parse_cmd_args, parse_value
-from recbole_flame.trainer import SafeCheckpointMixin, Trainer
+from recbole_flame.trainer import RunStateMixin, Trainer
 from recbole_flame.utils import ConfigError, available_models, get_model, get_trainer
 
 
@@ -49,9 +49,9 @@ def test_trainers_have_safe_checkpoints():
     assert get_trainer(ModelType.SEQUENTIAL, "SASRec") is Trainer
     kgat = get_trainer(ModelType.KNOWLEDGE, "KGAT")
     assert issubclass(kgat, recbole.trainer.KGATTrainer)
-    assert issubclass(kgat, SafeCheckpointMixin)
+    assert issubclass(kgat, RunStateMixin)
     kg = get_trainer(ModelType.KNOWLEDGE, "CKE")
-    assert issubclass(kg, recbole.trainer.KGTrainer) and issubclass(kg, SafeCheckpointMixin)
+    assert issubclass(kg, recbole.trainer.KGTrainer) and issubclass(kg, RunStateMixin)
 
 
 def test_values_are_parsed_literally_never_evaluated():

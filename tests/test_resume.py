@@ -90,14 +90,14 @@ def test_resume_from_a_best_model_file_is_one_line(data_root, tmp_path, workdir)
 
 def _interrupt_at(monkeypatch, epoch: int, model_name: str | None = None) -> None:
     """Ctrl-C at the start of training epoch ``epoch`` (0-based) of ``model_name``'s trainer."""
-    original = trainer_module.SafeCheckpointMixin._train_epoch
+    original = trainer_module.RunStateMixin._train_epoch
 
     def train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         if epoch_idx == epoch and (model_name is None or type(self.model).__name__ == model_name):
             raise KeyboardInterrupt
         return original(self, train_data, epoch_idx, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module.SafeCheckpointMixin, "_train_epoch", train_epoch)
+    monkeypatch.setattr(trainer_module.RunStateMixin, "_train_epoch", train_epoch)
 
 
 def _cli_args(data_root, tmp_path, **settings) -> list[str]:

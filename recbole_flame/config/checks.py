@@ -7,10 +7,13 @@ inside :class:`recbole_flame.config.Config`, after the settings are merged and *
 own post-processing, so every bad value stops with one line naming the key, the value and what
 is allowed, before any data is read.
 
-:data:`RULES` is the table: one :class:`Rule` per key (RecBole's common keys, the common
-transformer keys of its model yamls, and this package's keys, these scoped to their model).
-A key is checked only when the merged settings hold it. :data:`CROSS_CHECKS` relate keys
-(``valid_metric`` is one of ``metrics@topk``, ...).
+:data:`COMMON_RULES` holds one :class:`~recbole_flame.config.rules.Rule` per key every model
+may read (RecBole's common keys, the common transformer keys of its model yamls, and this
+package's sequential keys); each model of this package declares its own keys' rules beside
+itself, as its class's ``key_rules`` (:func:`rules_for` joins the two, :func:`rule_table` lists
+every rule through the registry). A key is checked only when the merged settings hold it.
+:data:`CROSS_CHECKS` relate keys (``valid_metric`` is one of ``metrics@topk``, ...); a model's
+``check_config`` relates its own.
 """
 
 from __future__ import annotations
@@ -25,184 +28,27 @@ from typing import Any
 
 import yaml
 
+from recbole_flame.config.rules import (
+    INT_MAX,
+    SEED_MAX,
+    Rule,
+    boolean,
+    finite,
+    int_list,
+    integer,
+    is_int,
+    is_number,
+    number,
+    one_of,
+    probability,
+    show,
+    structured,
+    text,
+)
 from recbole_flame.data.dense import DENSE_WINDOWS
+from recbole_flame.model.layers.attention import ATTENTION_IMPLS
 from recbole_flame.model.layers.sequence import POSITION_ALIGNMENTS, TRAIN_MODES
 from recbole_flame.utils.errors import ConfigError
-
-# Ints past this are never meaningful here and overflow int32 fields in numpy/torch.
-INT_MAX = 2**31 - 1
-SEED_MAX = 2**32 - 1  # numpy's seed range
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key may hold.
-
-    ``kind`` names the family of values (``int``, ``number``, ``bool``, ``choice``, ``text``,
-    ``int_list``, ``structured``, ``fixed``) and ``lo``/``hi``/``choices``/``none`` its range,
-    so tests can derive bad values; ``allowed`` is the phrase the error line uses; ``ok`` says whether a
-    value is allowed; ``explain``, for structured values, says what is wrong (a whole message)
-    or None; ``models`` limits the rule to those models (None: any model whose settings hold
-    the key).
-    """
-
-    kind: str
-    allowed: str
-    ok: Callable[[Any], bool]
-    explain: Callable[[str, Any], str | None] | None = None
-    models: frozenset[str] | None = None
-    choices: tuple[Any, ...] = ()
-    lo: float | None = None
-    hi: float | None = None
-    none: bool = False  # whether ~ (None) is allowed
-
-    def problem(self, key: str, value: Any) -> str | None:
-        """The one-line error for ``value`` under ``key``, or None if it is allowed."""
-        if self.explain is not None:
-            return self.explain(key, value)
-        if self.ok(value):
-            return None
-        return f"{key} must be {self.allowed}, not {show(value)}"
-
-    def applies_to(self, model: str) -> bool:
-        return self.models is None or model in self.models
-
-
-def show(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, always on one line (repr escapes newlines)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int past Python's 4300-digit str limit
-        return f"an integer of {value.bit_length()} bits"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass, but True is never meant as a learning rate.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-# --- rule factories -------------------------------------------------------------------------
-def integer(
-    lo: int = 1, hi: int = INT_MAX, none: bool = False, models: Iterable[str] | None = None
-) -> Rule:
-    if lo == 1 and hi == INT_MAX:
-        allowed = "a positive integer"
-    elif hi == INT_MAX:
-        allowed = f"an integer >= {lo}"
-    else:
-        allowed = f"an integer from {lo} to {hi}"
-    if none:
-        allowed += " or ~"
-    return Rule(
-        "int",
-        allowed,
-        lambda v: (none and v is None) or (_is_int(v) and lo <= v <= hi),
-        models=_models(models),
-        lo=lo,
-        hi=hi,
-        none=none,
-    )
-
-
-def number(
-    lo: float = 0.0,
-    *,
-    strict: bool = True,
-    hi: float | None = None,
-    hi_strict: bool = False,
-    models: Iterable[str] | None = None,
-) -> Rule:
-    """A finite int or float ``> lo`` (``>= lo`` if not ``strict``), and ``<= hi`` (``< hi``)."""
-    if hi is not None:
-        left, right = ("(" if strict else "["), (")" if hi_strict else "]")
-        allowed = f"a number in {left}{lo:g}, {hi:g}{right}"
-    elif lo == 0 and strict:
-        allowed = "a positive number"
-    else:
-        allowed = f"a number {'>' if strict else '>='} {lo:g}"
-
-    def ok(v: Any) -> bool:
-        if not _is_number(v) or not _finite(v):
-            return False
-        if v < lo or (strict and v == lo):
-            return False
-        return hi is None or v < hi or (not hi_strict and v == hi)
-
-    return Rule("number", allowed, ok, models=_models(models), lo=lo, hi=hi)
-
-
-def boolean(models: Iterable[str] | None = None, none: bool = False) -> Rule:
-    return Rule(
-        "bool",
-        "True, False or ~" if none else "True or False",
-        lambda v: isinstance(v, bool) or (none and v is None),
-        models=_models(models),
-        none=none,
-    )
-
-
-def one_of(
-    *choices: str,
-    none: bool = False,
-    ignore_case: bool = False,
-    models: Iterable[str] | None = None,
-) -> Rule:
-    allowed = "one of " + ", ".join(choices) + (" or ~" if none else "")
-    folded = {c.lower() for c in choices} if ignore_case else set(choices)
-
-    def ok(v: Any) -> bool:
-        if v is None:
-            return none
-        if not isinstance(v, str):
-            return False
-        return (v.lower() if ignore_case else v) in folded
-
-    return Rule("choice", allowed, ok, models=_models(models), choices=choices, none=none)
-
-
-def text(none: bool = False, models: Iterable[str] | None = None) -> Rule:
-    allowed = "a non-empty string" + (" or ~" if none else "")
-    return Rule(
-        "text",
-        allowed,
-        lambda v: (none and v is None) or (isinstance(v, str) and v.strip() != ""),
-        models=_models(models),
-        none=none,
-    )
-
-
-def int_list(scalar: bool = False, models: Iterable[str] | None = None) -> Rule:
-    """A non-empty list of positive integers (or, with ``scalar``, one positive integer)."""
-    allowed = "a non-empty list of positive integers" + (
-        " or one positive integer" if scalar else ""
-    )
-
-    def ok(v: Any) -> bool:
-        if scalar and _is_int(v):
-            return 1 <= v <= INT_MAX
-        return isinstance(v, list) and bool(v) and all(_is_int(x) and 1 <= x <= INT_MAX for x in v)
-
-    return Rule("int_list", allowed, ok, models=_models(models), lo=1, hi=INT_MAX)
-
-
-def structured(allowed: str, explain: Callable[[str, Any], str | None]) -> Rule:
-    return Rule("structured", allowed, lambda v: explain("", v) is None, explain=explain)
-
-
-def _models(models: Iterable[str] | None) -> frozenset[str] | None:
-    return None if models is None else frozenset(models)
 
 
 # --- structured values ----------------------------------------------------------------------
@@ -248,12 +94,12 @@ _GPU_ID = re.compile(r"^\s*(\d+\s*(,\s*\d+\s*)*)?$", re.ASCII)
 
 
 def _explain_gpu_id(key: str, value: Any) -> str | None:
-    if value is None or (_is_int(value) and 0 <= value <= INT_MAX):
+    if value is None or (is_int(value) and 0 <= value <= INT_MAX):
         return None
     if isinstance(value, str) and _GPU_ID.match(value):
         return None
     # "--gpu_id=0,1" parses as a tuple, which RecBole joins back to "0,1".
-    if isinstance(value, tuple) and value and all(_is_int(g) and 0 <= g <= INT_MAX for g in value):
+    if isinstance(value, tuple) and value and all(is_int(g) and 0 <= g <= INT_MAX for g in value):
         return None
     return f"{key} must be GPU indices such as 0 or 0,1, or '' for the CPU, not {show(value)}"
 
@@ -307,7 +153,7 @@ def _split_problem(split: Any) -> str | None:
         if not (
             isinstance(arg, list)
             and len(arg) == 3
-            and all(_is_number(r) and _finite(r) and r >= 0 for r in arg)
+            and all(is_number(r) and finite(r) and r >= 0 for r in arg)
             and sum(arg) > 0
         ):
             return (
@@ -389,7 +235,7 @@ def _explain_clip_grad_norm(key: str, value: Any) -> str | None:
     if not number().ok(value["max_norm"]):
         return f"{key}: max_norm must be a positive number, not {show(value['max_norm'])}"
     norm_type = value.get("norm_type", 2)
-    if not (_is_number(norm_type) and (norm_type > 0 or norm_type == math.inf)):
+    if not (is_number(norm_type) and (norm_type > 0 or norm_type == math.inf)):
         return f"{key}: norm_type must be a positive number or inf, not {show(norm_type)}"
     return None
 
@@ -436,7 +282,7 @@ def _explain_load_col(key: str, value: Any) -> str | None:
 def _explain_threshold(key: str, value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, dict) and all(_is_number(v) and _finite(v) for v in value.values()):
+    if isinstance(value, dict) and all(is_number(v) and finite(v) for v in value.values()):
         return None
     return f"{key} must be ~ or a dict of field -> number such as {{rating: 4}}, not {show(value)}"
 
@@ -452,15 +298,11 @@ def _explain_benchmark_filename(key: str, value: Any) -> str | None:
     )
 
 
-_FLAME = ("FLAME",)
-_TIM4REC = ("TiM4Rec",)
-_CANET = ("CANet",)
-_CETNET = ("CETNet",)
-_PROB = number(0.0, strict=False, hi=1.0)
+_PROB = probability()
 
-#: key -> rule. RecBole's keys first (in overall.yaml's order), then its common model keys,
-#: then this package's.
-RULES: dict[str, Rule] = {
+#: key -> rule for every model. RecBole's keys first (in overall.yaml's order), then its common
+#: model keys, then this package's sequential keys.
+COMMON_RULES: dict[str, Rule] = {
     # environment
     "gpu_id": structured("GPU indices such as 0 or 0,1, or '' for the CPU", _explain_gpu_id),
     "device": Rule(
@@ -549,61 +391,8 @@ RULES: dict[str, Rule] = {
     "position_alignment": one_of(*POSITION_ALIGNMENTS),
     "history_limit": integer(none=True),
     "eval_exclude_history": boolean(),
-    "attention_impl": one_of("auto", "sdpa", "recbole"),
+    "attention_impl": one_of(*ATTENTION_IMPLS),
     "sequence_packing": boolean(none=True),
-    # FLAME
-    "path_mixing": one_of("tiled", "independent", models=_FLAME),
-    "module_split": one_of("embedding_encoder", "per_block", models=_FLAME),
-    "n_paths": integer(lo=2, none=True, models=_FLAME),
-    "tau": number(models=_FLAME + _CETNET),
-    "cl_normalize": boolean(models=_FLAME),
-    "detach_pair_weights": boolean(models=_FLAME),
-    "frozen_dropout": boolean(models=_FLAME),
-    "lambda_0": number(models=_FLAME),
-    "lambda_R": number(models=_FLAME),
-    "anneal_epochs": integer(models=_FLAME),
-    "frozen_checkpoint": text(none=True, models=_FLAME),
-    "stage1_epochs": integer(none=True, models=_FLAME),
-    "stage1_cache_dir": text(none=True, models=_FLAME),
-    # TiM4Rec
-    "time_drop_out": number(0.0, strict=False, hi=1.0, models=_TIM4REC),
-    "d_state": integer(models=_TIM4REC),
-    "d_conv": integer(models=_TIM4REC),
-    "expand": integer(models=_TIM4REC),
-    "head_dim": integer(models=_TIM4REC),
-    "chunk_size": integer(models=_TIM4REC),
-    "norm_eps": number(models=_TIM4REC),
-    "p2p_residual": boolean(models=_TIM4REC),
-    "is_kai_ming_init": boolean(models=_TIM4REC),
-    "time_aware": boolean(models=_TIM4REC),
-    "time_causal": boolean(models=_TIM4REC),
-    "ssd_backend": one_of("auto", "torch", "kernel", models=_TIM4REC),
-    # CANet
-    "hidden_size_list": int_list(models=_CANET),
-    "n_layers_list": int_list(models=_CANET),
-    "embedding_size_list": int_list(models=_CANET),
-    "router_hidden_size": integer(models=_CANET),
-    "router_n_layers": integer(models=_CANET),
-    "router_n_heads": integer(models=_CANET),
-    "router_inner_size": integer(models=_CANET),
-    "router_dropout_prob": number(0.0, strict=False, hi=1.0, models=_CANET),
-    "gumbel_tau": number(models=_CANET),
-    "guide_weight": number(strict=False, models=_CANET),
-    "uniform_weight": number(strict=False, models=_CANET),
-    "guide_topk": integer(models=_CANET),
-    "balance_loss": one_of("uniform", "batch", models=_CANET),
-    "fixed_route": one_of("full", "smallest", none=True, models=_CANET),
-    "router_gradient": one_of("gate", "pair", "picked", models=_CANET),
-    "ffn_width": one_of("full", "route", models=_CANET),
-    "attention_scale": one_of("full", "route", models=_CANET),
-    "guide_form": one_of("raw", "marginal", models=_CANET),
-    "inference_timing_batches": integer(lo=0, models=_CANET),
-    "eval_chunk_size": integer(lo=0, models=_CANET),
-    # CETNet (base_models and the per-model lists are checked by CETNet.check_config)
-    "fusion_space": one_of("prob", "logit", models=_CETNET),
-    "detach_fusion_weights": boolean(models=_CETNET),
-    "collab_weight": number(strict=False, models=_CETNET),
-    "entropy_eps": number(0.0, hi=0.5, hi_strict=True, models=_CETNET),
 }
 
 
@@ -689,7 +478,7 @@ def _check_transformer(settings: Mapping[str, Any], model_class: Any) -> str | N
     if "inner_size" not in settings:
         return None
     hidden, heads = settings.get("hidden_size"), settings.get("n_heads")
-    if _is_int(hidden) and _is_int(heads) and hidden % heads:
+    if is_int(hidden) and is_int(heads) and hidden % heads:
         return f"hidden_size ({hidden}) must be a multiple of n_heads ({heads})"
     if settings.get("n_layers") == 0:
         return "n_layers must be a positive integer for a transformer model, not 0"
@@ -706,22 +495,63 @@ CROSS_CHECKS: tuple[Callable[[Mapping[str, Any], Any], str | None], ...] = (
 
 
 # --- entry points ---------------------------------------------------------------------------
-def check_value(key: str, value: Any, model: str) -> None:
-    """Raise ConfigError if ``value`` is not allowed for ``key`` under ``model`` (keys without a
-    rule are allowed anything)."""
-    rule = RULES.get(key)
-    if rule is not None and rule.applies_to(model):
+def rules_for(model_class: Any) -> dict[str, Rule]:
+    """The rules that apply to ``model_class``: :data:`COMMON_RULES`, with the model's own
+    ``key_rules`` (its keys, and any common key it narrows) over them."""
+    return {**COMMON_RULES, **(getattr(model_class, "key_rules", None) or {})}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the table of checks: ``key``'s ``rule``, and the models it applies to
+    (None: every model)."""
+
+    key: str
+    rule: Rule
+    models: tuple[str, ...] | None
+
+
+def _same(a: Rule, b: Rule) -> bool:
+    # Rules hold functions, so equal declarations in two models compare by what they allow.
+    fields = ("kind", "allowed", "choices", "lo", "hi", "none")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+def rule_table() -> list[Entry]:
+    """Every rule this package checks: the common ones, then each model's own (the models of
+    this package through the registry; one row for a key that several models declare alike),
+    sorted by key within each part."""
+    from recbole_flame.utils.registry import available_models, get_model
+
+    rows = [Entry(key, rule, None) for key, rule in sorted(COMMON_RULES.items())]
+    own: list[Entry] = []
+    for name in available_models()[0]:
+        for key, rule in sorted((getattr(get_model(name), "key_rules", None) or {}).items()):
+            twin = next((e for e in own if e.key == key and _same(e.rule, rule)), None)
+            if twin is None:
+                own.append(Entry(key, rule, (name,)))
+            else:
+                own[own.index(twin)] = Entry(key, twin.rule, (*twin.models, name))
+    return rows + sorted(own, key=lambda e: (e.key, e.models))
+
+
+def check_value(key: str, value: Any, model_class: Any) -> None:
+    """Raise ConfigError if ``value`` is not allowed for ``key`` under ``model_class`` (keys
+    without a rule are allowed anything)."""
+    rule = rules_for(model_class).get(key)
+    if rule is not None:
         problem = rule.problem(key, value)
         if problem is not None:
             raise ConfigError(problem)
 
 
-def check_config_values(settings: Mapping[str, Any], model: str, model_class: Any = None) -> None:
+def check_config_values(settings: Mapping[str, Any], model_class: Any) -> None:
     """Raise ConfigError on the first key of ``settings`` (merged, before RecBole's
     post-processing) whose value its rule refuses, then on keys that do not fit together.
-    ``model_class`` is the model's class (RecBole's checks depend on its ``input_type``)."""
-    for key, rule in RULES.items():
-        if key in settings and rule.applies_to(model):
+    ``model_class`` is the model's class (its ``key_rules``; RecBole's checks depend on its
+    ``input_type``)."""
+    for key, rule in rules_for(model_class).items():
+        if key in settings:
             problem = rule.problem(key, settings[key])
             if problem is not None:
                 raise ConfigError(problem)
@@ -754,13 +584,13 @@ MIN_SUGGEST_LENGTH = 4  # shorter keys sit one edit from too many others to sugg
 
 @lru_cache(maxsize=1)
 def known_keys() -> frozenset[str]:
-    """Every key a RecBole or recbole_flame yaml defaults, every key of :data:`RULES`, the keys
+    """Every key a RecBole or recbole_flame yaml defaults, every key with a rule, the keys
     RecBole sets or reads without a default, and the CLI's options."""
     import recbole
 
     from recbole_flame.utils.paths import properties_dir
 
-    keys = set(RULES) | _RUNTIME_KEYS | _CLI_OPTIONS
+    keys = {e.key for e in rule_table()} | _RUNTIME_KEYS | _CLI_OPTIONS
     for folder in (Path(recbole.__file__).parent / "properties", properties_dir()):
         for path in folder.rglob("*.yaml"):
             if "url" in path.stem:

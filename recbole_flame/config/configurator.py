@@ -1,7 +1,8 @@
 """RecBole's Config, resolving model names through this package's registry and overlaying its yaml.
 
-Precedence, lowest first: RecBole's defaults (overall, model, dataset and model-type files), for
-this package's ranking models the evaluation profile ``properties/profile/evaluation.yaml``, this
+Precedence, lowest first: RecBole's defaults (overall, model, dataset and model-type files), this
+package's keys for every model ``properties/overall.yaml`` (under RecBole's, where both set a key),
+for this package's ranking models the evaluation profile ``properties/profile/evaluation.yaml``, this
 package's ``properties/model/<Model>.yaml`` then ``properties/dataset/<dataset>.yaml``, config
 files, ``config_dict``, command-line ``--key=value`` arguments. A dataset with no yaml of its own
 and no ``load_col`` given loads every column of its atomic files (``load_col: None``).
@@ -174,6 +175,10 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         props = properties_dir()
+        # this package's keys for every model; never over a key RecBole's files already set
+        overall = self._read_yaml(props / "overall.yaml")
+        for key, value in overall.items():
+            self.internal_config_dict.setdefault(key, value)
         profile_keys = None
         if getattr(model_class, "uses_evaluation_profile", False):
             profile_keys = self._update_internal_config_dict(profile_file("evaluation"))
@@ -191,17 +196,23 @@ class Config(RecBoleConfig):
                 k for k in dataset_keys if k not in self.parameters["Dataset"]
             ]
 
-    def _update_internal_config_dict(self, file, must_exist: bool = True):
-        if not must_exist and not os.path.isfile(file):
-            return None
+    def _read_yaml(self, file) -> dict[str, Any]:
+        """A packaged yaml file's key: value pairs, as a copy of its cached parse."""
         stat = os.stat(file)
         loaded = _read_defaults(
             os.path.realpath(file), stat.st_mtime_ns, stat.st_size, self.yaml_loader
         )
-        if loaded is None:
+        return copy.deepcopy(loaded or {})
+
+    def _update_internal_config_dict(self, file, must_exist: bool = True):
+        if not must_exist and not os.path.isfile(file):
             return None
-        # Copies: RecBole fills defaults into nested dicts (train_neg_sample_args) in place.
-        self.internal_config_dict.update(copy.deepcopy(loaded))
+        loaded = self._read_yaml(file)
+        if not loaded:
+            return None
+        # A copy (of the cached parse) goes in: RecBole fills defaults into nested dicts
+        # (train_neg_sample_args) in place.
+        self.internal_config_dict.update(loaded)
         return copy.deepcopy(loaded)
 
     def _get_final_config_dict(self):
@@ -215,20 +226,11 @@ class Config(RecBoleConfig):
             and not self._our_yaml_sets("train_neg_sample_args")
         ):
             final["train_neg_sample_args"] = None
-        # Package-wide keys (see properties/overall.yaml of RecBole for the others).
-        final.setdefault("train_mode", "prefix")
-        final.setdefault("dense_windows", "all")
-        final.setdefault("dense_min_context", 1)
-        final.setdefault("position_alignment", "start")
-        final.setdefault("history_limit", None)
-        final.setdefault("eval_exclude_history", False)
         # A dataset with no yaml of its own (ours or RecBole's) would get RecBole's sample.yaml
         # load_col, user and item ids only, which drops the time column every sequential model
         # sorts by. Load every column of its atomic files instead, unless the user chose.
         if "load_col" not in self.external_config_dict and not dataset_yaml_files(self.dataset):
             final["load_col"] = None
-        final.setdefault("attention_impl", "auto")  # SASRec/FLAME: see model/layers/attention.py
-        final.setdefault("sequence_packing", None)  # ~: on where exact (_resolve_packing)
         return final
 
     def _resolve_packing(self) -> None:
@@ -241,7 +243,8 @@ class Config(RecBoleConfig):
             final["sequence_packing"] = supported
         elif final["sequence_packing"] and not supported:
             capable = [
-                name for name in available_models()[0]
+                name
+                for name in available_models()[0]
                 if getattr(get_model(name), "supports_packing", False)
             ]
             raise ConfigError(
@@ -270,7 +273,7 @@ class Config(RecBoleConfig):
         # RecBole's post-processing (super) raises bare exceptions on some bad values and lets
         # the others through to fail after the data loads: check every value here first.
         check_user_keys(self.external_config_dict, extra_known=self.internal_config_dict)
-        check_config_values(self.final_config_dict, self.model, self.model_class)
+        check_config_values(self.final_config_dict, self.model_class)
         max_len = self.final_config_dict.get("MAX_ITEM_LIST_LENGTH")
         if isinstance(max_len, int) and self.final_config_dict["dense_min_context"] > max_len:
             raise ConfigError(

@@ -28,7 +28,7 @@ import copy
 import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import recbole
@@ -46,6 +46,7 @@ from recbole.utils.argument_list import (
 from scipy.stats import rankdata
 from torch import nn
 
+from recbole_flame.config.rules import Rule, boolean, integer, number, one_of, show, structured
 from recbole_flame.utils.errors import ConfigError, UnknownModelError
 from recbole_flame.utils.paths import properties_dir
 from recbole_flame.utils.registry import available_models, canonical_model_name, get_model
@@ -205,9 +206,7 @@ def ensemble_diagnostics(
                 "weight_std": float(w.std()),
                 "weight_quantiles": {
                     f"q{round(q * 100):02d}": float(v)
-                    for q, v in zip(
-                        WEIGHT_QUANTILES, np.quantile(w, WEIGHT_QUANTILES), strict=True
-                    )
+                    for q, v in zip(WEIGHT_QUANTILES, np.quantile(w, WEIGHT_QUANTILES), strict=True)
                 },
                 "top_weight_share": float((top == k).mean()),
                 "kl_fused_to_model": kl,
@@ -398,12 +397,65 @@ def base_model_configs(config) -> list:
     return configs
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _explain_base_models(key: str, value: Any) -> str | None:
+    if not isinstance(value, list) or not value:
+        return (
+            f"{key} must be a non-empty list of context-aware model names such as "
+            f"[DCNV2, DeepFM], not {show(value)}"
+        )
+    for entry in value:
+        try:
+            _check_base_model(entry)
+        except ConfigError as exc:
+            return str(exc)
+    return None
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _explain_base_embedding_sizes(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and all(v is None or integer().ok(v) for v in value):
+        return None  # one entry per base model: CETNet.check_config
+    return (
+        f"{key} must be ~ or a list of positive integers or ~, one per base model, "
+        f"not {show(value)}"
+    )
+
+
+def _explain_base_model_overrides(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(v is None or isinstance(v, dict) for v in value):
+        return (
+            f"{key} must be ~ or a list of dicts of model keys (or ~), one per base model, "
+            f"not {show(value)}"
+        )
+    for extra in value:
+        shared = sorted(set(extra or {}) & _SHARED_KEYS)
+        if shared:
+            return (
+                f"{key} cannot set {', '.join(shared)}: the base models share CETNet's data, "
+                "trainer and evaluator; set it at the top level"
+            )
+    return None
+
+
+#: CETNet's keys (CETNet.yaml's), checked when the config is built; CETNet.check_config relates
+#: them (one per-model entry per base model, base models' own settings).
+KEY_RULES: dict[str, Rule] = {
+    "base_models": structured("a non-empty list of context-aware models", _explain_base_models),
+    "base_embedding_sizes": structured(
+        "~ or a list of positive integers or ~", _explain_base_embedding_sizes
+    ),
+    "base_model_overrides": structured(
+        "~ or a list of dicts of model keys or ~", _explain_base_model_overrides
+    ),
+    "tau": number(),
+    "fusion_space": one_of(*FUSION_SPACES),
+    "detach_fusion_weights": boolean(),
+    "collab_weight": number(strict=False),
+    "entropy_eps": number(0.0, hi=0.5, hi_strict=True),
+}
 
 
 class CETNet(ContextRecommender):
@@ -418,6 +470,7 @@ class CETNet(ContextRecommender):
 
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
+    key_rules: ClassVar[dict[str, Rule]] = KEY_RULES
 
     def __init__(self, config, dataset):
         # ContextRecommender.__init__ would build an embedding table and first-order layer for
@@ -444,54 +497,11 @@ class CETNet(ContextRecommender):
 
     @classmethod
     def check_config(cls, config) -> None:
-        """Stop on settings CETNet cannot use, before any data is loaded."""
-        names = config["base_models"]
-        if not isinstance(names, list) or not names:
-            raise ConfigError(
-                f"base_models must be a non-empty list of context-aware model names such as "
-                f"[DCNV2, DeepFM], not {names!r}"
-            )
-        for entry in names:
-            _check_base_model(entry)
-        if not _number(config["tau"]) or config["tau"] <= 0:
-            raise ConfigError(f"tau must be a positive number, not {config['tau']!r}")
-        if config["fusion_space"] not in FUSION_SPACES:
-            raise ConfigError(
-                f"fusion_space must be one of {', '.join(FUSION_SPACES)}, "
-                f"not '{config['fusion_space']}'"
-            )
-        detach = config["detach_fusion_weights"]
-        if not isinstance(detach, bool):
-            raise ConfigError(f"detach_fusion_weights must be True or False, not {detach!r}")
-        if not _number(config["collab_weight"]) or config["collab_weight"] < 0:
-            raise ConfigError(
-                f"collab_weight must be a number >= 0, not {config['collab_weight']!r}"
-            )
-        eps = config["entropy_eps"]
-        if not _number(eps) or not 0 < eps < 0.5:
-            raise ConfigError(f"entropy_eps must be a number in (0, 0.5), not {eps!r}")
-        if not _positive_int(config["embedding_size"]):
-            raise ConfigError(
-                f"embedding_size must be a positive integer, not {config['embedding_size']!r}"
-            )
-        for size in _per_model_list(config, "base_embedding_sizes", len(names)):
-            if size is not None and not _positive_int(size):
-                raise ConfigError(
-                    f"base_embedding_sizes entries must be positive integers or ~, not {size!r}"
-                )
-        for extra in _per_model_list(config, "base_model_overrides", len(names)):
-            if extra is None:
-                continue
-            if not isinstance(extra, dict):
-                raise ConfigError(
-                    f"base_model_overrides entries must be dicts of model keys or ~, not {extra!r}"
-                )
-            shared = sorted(set(extra) & _SHARED_KEYS)
-            if shared:
-                raise ConfigError(
-                    f"base_model_overrides cannot set {', '.join(shared)}: the base models share "
-                    "CETNet's data, trainer and evaluator; set it at the top level"
-                )
+        """Stop on settings CETNet cannot use together, before any data is loaded; each key on
+        its own is checked by :data:`KEY_RULES` when the config is built."""
+        n = len(config["base_models"])
+        for key in ("base_embedding_sizes", "base_model_overrides"):
+            _per_model_list(config, key, n)
         for sub in base_model_configs(config):
             # The other phases load a RecBole-pickled warm-up checkpoint and change the loss.
             if sub["model"] == "KD_DAGFM" and sub["phase"] != "teacher_training":

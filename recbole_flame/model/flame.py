@@ -27,12 +27,14 @@ import itertools
 import os
 import random
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
+from recbole_flame.config.rules import Rule, boolean, integer, number, one_of, text
 from recbole_flame.model.authors_sasrec import (
     is_authors_state_dict,
     map_item_rows,
@@ -44,9 +46,22 @@ from recbole_flame.model.sasrec import SASRec
 from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint, read_torch_file
 from recbole_flame.utils.errors import CheckpointError, ConfigError
 
-_CHOICES = {
-    "path_mixing": ("tiled", "independent"),
-    "module_split": ("embedding_encoder", "per_block"),
+#: FLAME's own keys (FLAME.yaml's), checked when the config is built. None of them changes
+#: what stage 1 learns, so none is part of the stage-1 cache key but ``stage1_epochs``.
+OWN_KEY_RULES: dict[str, Rule] = {
+    "path_mixing": one_of("tiled", "independent"),
+    "module_split": one_of("embedding_encoder", "per_block"),
+    "n_paths": integer(lo=2, none=True),  # at most 2^modules: FLAME.check_settings
+    "tau": number(),
+    "cl_normalize": boolean(),
+    "detach_pair_weights": boolean(),
+    "frozen_dropout": boolean(),
+    "lambda_0": number(),
+    "lambda_R": number(),
+    "anneal_epochs": integer(),
+    "frozen_checkpoint": text(none=True),  # the file itself: FLAME.check_config
+    "stage1_epochs": integer(none=True),
+    "stage1_cache_dir": text(none=True),
 }
 
 
@@ -223,6 +238,10 @@ class FLAME(SequentialRecommender):
     supports_dense_training = True
     supports_packing = True
     trim_safe = True
+    key_rules: ClassVar[dict[str, Rule]] = {
+        **OWN_KEY_RULES,
+        "loss_type": one_of("CE", why="FLAME trains with the full-softmax cross-entropy"),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -273,15 +292,8 @@ class FLAME(SequentialRecommender):
 
     @staticmethod
     def check_settings(config) -> None:
-        """Stop on FLAME keys out of range (one line naming the key)."""
-        for key, allowed in _CHOICES.items():
-            if config[key] not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not '{config[key]}'")
-        if config["loss_type"] != "CE":
-            raise ConfigError("FLAME trains with the full-softmax CE loss: set loss_type: CE")
-        for key in ("tau", "anneal_epochs", "lambda_0", "lambda_R"):
-            if not isinstance(config[key], (int, float)) or config[key] <= 0:
-                raise ConfigError(f"{key} must be a positive number, not {config[key]!r}")
+        """Stop on FLAME keys that do not fit together (one line naming the key); each key on
+        its own is checked by :data:`key_rules` when the config is built."""
         n_modules = 2 if config["module_split"] == "embedding_encoder" else 1 + config["n_layers"]
         n_paths = config["n_paths"]
         if n_paths is not None and not (isinstance(n_paths, int) and 2 <= n_paths <= 2**n_modules):
@@ -389,9 +401,7 @@ class FLAME(SequentialRecommender):
             rec_loss = F.cross_entropy(logits, interaction[self.POS_ITEM_ID])
         if self.lambda_r == 0.0:
             return rec_loss, rec_loss.new_zeros(())
-        align = self.alignment_loss(
-            item_seq, item_seq_len, first_trained_step(interaction), packed
-        )
+        align = self.alignment_loss(item_seq, item_seq_len, first_trained_step(interaction), packed)
         return rec_loss, self.lambda_r * align
 
     def alignment_loss(

@@ -56,25 +56,24 @@ steps up to it), so the output at step t depends on items and timestamps up to t
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
+from recbole_flame.config.rules import Rule, boolean, integer, number, one_of, probability
 from recbole_flame.model.layers.sequence import dense_targets, first_trained_step, trim_batch
-from recbole_flame.model.layers.ssd import CausalConv1d, GatedRMSNorm, check_backend, ssd
+from recbole_flame.model.layers.ssd import (
+    SSD_BACKENDS,
+    CausalConv1d,
+    GatedRMSNorm,
+    check_backend,
+    ssd,
+)
 from recbole_flame.utils.errors import ConfigError
 
-_POSITIVE_INTS = (
-    "hidden_size",
-    "n_layers",
-    "d_state",
-    "d_conv",
-    "expand",
-    "head_dim",
-    "chunk_size",
-)
 TIME_PADDINGS = ("authors", "masked")
 CONV_ACTIVATIONS = {"hardswish": nn.Hardswish, "silu": nn.SiLU}
 
@@ -299,6 +298,27 @@ class TiM4Rec(SequentialRecommender):
     supports_dense_training = True
     # Exact with either time_padding: the full-width time path rebuilds RecBole's padding to L.
     trim_safe = True
+    #: TiM4Rec's keys (TiM4Rec.yaml's), and the common keys it narrows, checked when the config
+    #: is built; check_config relates them.
+    key_rules: ClassVar[dict[str, Rule]] = {
+        "n_layers": integer(),  # RecBole allows 0 (graph models); an SSD stack needs a layer
+        "time_drop_out": probability(),
+        "d_state": integer(),
+        "d_conv": integer(),
+        "expand": integer(),
+        "head_dim": integer(),  # divides expand * hidden_size: check_config
+        "chunk_size": integer(),
+        "norm_eps": number(),
+        "ffn_norm_eps": number(),
+        "p2p_residual": boolean(),
+        "is_kai_ming_init": boolean(),
+        "time_aware": boolean(),
+        "time_causal": boolean(),
+        "time_padding": one_of(*TIME_PADDINGS),
+        "conv_activation": one_of(*CONV_ACTIVATIONS),
+        "ssd_backend": one_of(*SSD_BACKENDS),  # whether the kernel imports: check_config
+        "loss_type": one_of("CE", why="TiM4Rec trains with the full-softmax cross-entropy"),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -359,32 +379,14 @@ class TiM4Rec(SequentialRecommender):
 
     @classmethod
     def check_config(cls, config) -> None:
-        """Stop on settings TiM4Rec cannot use, before any data is loaded."""
-        for key in _POSITIVE_INTS:
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{key} must be a positive integer, not {value!r}")
+        """Stop on settings TiM4Rec cannot use together (or on this machine), before any data
+        is loaded; each key on its own is checked by :data:`key_rules` when the config is built."""
         d_inner = config["expand"] * config["hidden_size"]
         if d_inner % config["head_dim"]:
             raise ConfigError(
                 f"expand * hidden_size = {d_inner} is not divisible by head_dim = "
                 f"{config['head_dim']}; pick a head_dim that divides it"
             )
-        for key, allowed in (
-            ("time_padding", TIME_PADDINGS),
-            ("conv_activation", tuple(CONV_ACTIVATIONS)),
-        ):
-            if config[key] not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {config[key]!r}")
-        for key in ("norm_eps", "ffn_norm_eps"):
-            try:  # the model reads float(value): a YAML string like "1e-5" is fine
-                positive = float(config[key]) > 0
-            except (TypeError, ValueError):
-                positive = False
-            if not positive:
-                raise ConfigError(f"{key} must be a positive number, not {config[key]!r}")
-        if config["loss_type"] != "CE":
-            raise ConfigError("TiM4Rec trains with the full-softmax CE loss: set loss_type: CE")
         check_backend(config["ssd_backend"], cuda=str(config["device"]).startswith("cuda"))
         if config["time_aware"] and not time_field_loaded(config):
             raise ConfigError(

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,105 +11,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from recbole_flame.model.flame import check_frozen_checkpoint
 from recbole_flame.model.sasrec import SASRec
+from recbole_flame.trainer import stage1_cache
 from recbole_flame.trainer.trainer import Trainer
 from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint, plain
-from recbole_flame.utils.errors import CheckpointError
-
-# Keys that do not change what stage 1 learns: FLAME's own stage-2 keys, and where or how
-# verbosely a run happens. Every other key is part of the stage-1 cache key.
-_NOT_STAGE1 = frozenset(
-    {
-        "path_mixing",
-        "module_split",
-        "n_paths",
-        "tau",
-        "cl_normalize",
-        "detach_pair_weights",
-        "frozen_dropout",
-        "lambda_0",
-        "lambda_R",
-        "anneal_epochs",
-        "frozen_checkpoint",
-        "stage1_cache_dir",
-        # Implementations with equal outputs (tests: 1e-5), chosen for speed, as the device is.
-        "attention_impl",
-        "stage1_epochs",
-        "epochs",
-        "model",
-        "data_path",
-        "checkpoint_dir",
-        "gpu_id",
-        "use_gpu",
-        "device",
-        "state",
-        "show_progress",
-        "worker",
-        "log_wandb",
-        "wandb_project",
-        "eval_batch_size",
-        "single_spec",
-        "local_rank",
-        "config_files",
-        "save_dataset",
-        "save_dataloaders",
-        "dataset_save_path",
-        "dataloaders_save_path",
-    }
-)
-
-
-# Package-wide keys added after stage-1 caches were first written, with the value every run had
-# before the key existed: a cache whose stored key lacks one of them was trained with it.
-_ADDED_LATER = {"dense_windows": "all", "dense_min_context": 1}
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock, so concurrent trials wait for one stage-1 run instead of each training."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        handle = open(path, "a+")  # noqa: SIM115 (closed below, after the unlink)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:  # the holder before us may have removed the file: then lock the new one
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        handle.close()
-    try:
-        yield
-    finally:
-        # removed while held, so no lock file is left behind and no waiter proceeds on it
-        path.unlink(missing_ok=True)
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-def _dataset_fingerprint(config) -> dict[str, str]:
-    """sha1 of each of the dataset's atomic files, so edited data never reuses a stale stage 1."""
-    folder = Path(config["data_path"])
-    prints = {}
-    for path in sorted(folder.glob(f"{config['dataset']}.*")):
-        if path.is_file():
-            digest = hashlib.sha1()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            prints[path.name] = digest.hexdigest()
-    return prints
-
-
-def stage1_key(config) -> dict[str, Any]:
-    """What determines the stage-1 model: every training and data setting except FLAME's own
-    and the run's location, the stage-1 epoch budget, and the data files' hashes."""
-    settings = {k: plain(v) for k, v in config.final_config_dict.items() if k not in _NOT_STAGE1}
-    settings["stage1_epochs"] = stage1_epochs(config)
-    settings["data_files"] = _dataset_fingerprint(config)
-    return settings
-
-
-def stage1_epochs(config) -> int:
-    return int(config["stage1_epochs"] or config["epochs"])
 
 
 class FLAMETrainer(Trainer):
@@ -136,12 +35,7 @@ class FLAMETrainer(Trainer):
 
     # --- stage 1 --------------------------------------------------------------------------
     def stage1_path(self) -> Path:
-        key = stage1_key(self.config)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        folder = self.config["stage1_cache_dir"] or os.path.join(
-            self.config["checkpoint_dir"], "flame_stage1"
-        )
-        return Path(folder).absolute() / f"SASRec-{self.config['dataset']}-{digest}.pth"
+        return stage1_cache.cache_path(self.config)
 
     def run_stage1(self, train_data, valid_data, show_progress: bool = False) -> str:
         """The stage-1 checkpoint's path: given, cached, or trained now."""
@@ -150,12 +44,12 @@ class FLAMETrainer(Trainer):
             self.stage1_source = "given"
             return str(given)
         path = self.stage1_path()
-        with _file_lock(path.with_name(path.name + ".lock")):
+        with stage1_cache.file_lock(path.with_name(path.name + ".lock")):
             if path.is_file():
                 self.stage1_source = "cache"
                 self.logger.info(f"FLAME stage 1: reusing cached backbone {path}")
                 return str(path)
-            older = self.compatible_cache(path)
+            older = stage1_cache.compatible_cache(self.config, path)
             if older is not None:
                 self.stage1_source = "cache"
                 self.logger.info(
@@ -167,33 +61,8 @@ class FLAMETrainer(Trainer):
             self._train_backbone(path, train_data, valid_data, show_progress)
         return str(path)
 
-    def compatible_cache(self, path: Path) -> Path | None:
-        """A cached stage 1 beside ``path`` with the same settings under an older key: its
-        stored key, less the keys that no longer count and with the later-added keys at the
-        value they stand for, equals this run's (so upgrading the package does not retrain a
-        stage 1 of hours)."""
-        wanted = json.dumps(stage1_key(self.config), sort_keys=True, default=str)
-        for candidate in sorted(path.parent.glob(f"SASRec-{self.config['dataset']}-*.pth")):
-            if candidate == path:
-                continue
-            try:
-                stored = load_checkpoint(candidate).get("stage1_key")
-            except CheckpointError:  # an unreadable file is simply not a match
-                continue
-            if not isinstance(stored, dict):
-                continue
-            # stage1_key itself adds the stage-1 epoch budget after leaving _NOT_STAGE1 out.
-            stored = {
-                k: v for k, v in stored.items() if k not in _NOT_STAGE1 or k == "stage1_epochs"
-            }
-            for key, value in _ADDED_LATER.items():
-                stored.setdefault(key, value)
-            if json.dumps(plain(stored), sort_keys=True, default=str) == wanted:
-                return candidate
-        return None
-
     def _train_backbone(self, path: Path, train_data, valid_data, show_progress: bool) -> None:
-        epochs = stage1_epochs(self.config)
+        epochs = stage1_cache.stage1_epochs(self.config)
         self.logger.info(f"FLAME stage 1: training the backbone SASRec for up to {epochs} epochs")
         init_seed(self.config["seed"], self.config["reproducibility"])
         backbone = SASRec(self.config, train_data._dataset).to(self.device)
@@ -220,7 +89,7 @@ class FLAMETrainer(Trainer):
         finally:
             trainer.tensorboard.close()
         state = load_checkpoint(partial)
-        state["stage1_key"] = stage1_key(self.config)
+        state["stage1_key"] = stage1_cache.stage1_key(self.config)
         state["best_valid_result"] = plain(best_valid)
         state["learning_curve"] = plain(trainer.learning_curve())
         atomic_save(state, path)
@@ -286,6 +155,7 @@ class FLAMETrainer(Trainer):
         """The alignment's parts, averaged over the steps since the last validation."""
         stats = self.model.pop_alignment_stats()
         if "weight" in stats:
+
             def fmt(group: str) -> str:
                 return ", ".join(f"{k} {v:.3g}" for k, v in stats[group].items())
 
@@ -300,17 +170,18 @@ class FLAMETrainer(Trainer):
         own comparison, and how much faster stage 2 reached stage 1's best validation score."""
         with self.model.scoring_with("frozen"):
             if self.stage1_valid_result is None:  # given weights: score them here
-                self.stage1_valid_result = dict(
-                    super().evaluate(valid_data, load_best_model=False)
-                )
+                self.stage1_valid_result = dict(super().evaluate(valid_data, load_best_model=False))
             stage1_test = dict(super().evaluate(test_data, load_best_model=False))
         self.logger.info(f"FLAME stage 1 (frozen SASRec) test result: {stage1_test}")
         metric = self.config["valid_metric"].lower()
         target = self.stage1_valid_result.get(metric)
         curve = self.learning_curve()
         reached = next(
-            (h["epoch"] for h in curve["valid_history"] if target is not None
-             and h["valid_score"] >= target),
+            (
+                h["epoch"]
+                for h in curve["valid_history"]
+                if target is not None and h["valid_score"] >= target
+            ),
             None,
         )
         stage1_best = (self.stage1_curve or {}).get("best_epoch")

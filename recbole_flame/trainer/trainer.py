@@ -15,6 +15,7 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import get_local_time
 
+from recbole_flame.config.neutral import NEUTRAL_KEYS
 from recbole_flame.utils.checkpoint import (
     atomic_save,
     first_mismatch,
@@ -23,28 +24,6 @@ from recbole_flame.utils.checkpoint import (
     plain_config,
 )
 from recbole_flame.utils.errors import CheckpointError, ConfigError, TrainingDiverged
-
-# Settings a resumed run may change: the epoch budget and where or how verbosely it runs.
-_RESUME_FREE = frozenset(
-    {
-        "epochs",
-        "data_path",
-        "checkpoint_dir",
-        "stage1_cache_dir",
-        "gpu_id",
-        "use_gpu",
-        "device",
-        "state",
-        "show_progress",
-        "worker",
-        "eval_batch_size",
-        "config_files",
-        "log_wandb",
-        "wandb_project",
-        "single_spec",
-        "local_rank",
-    }
-)
 
 
 def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
@@ -83,8 +62,22 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted during training{where}")
 
 
-class SafeCheckpointMixin:
-    """Put before a RecBole trainer class in the bases.
+class HistoryExclusionMixin:
+    """``eval_exclude_history``: full-sort evaluation ranks a sequential user's own history out,
+    as the FLAME and SASRec authors' evaluators do (RecBole ranks it in)."""
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.config["eval_exclude_history"]:
+            # Here: the items of the input sequence.
+            seq = interaction[self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]]
+            scores.scatter_(1, seq.to(scores.device), float("-inf"))
+        return interaction, scores, positive_u, positive_i
+
+
+class RunStateMixin:
+    """A run's state, put before a RecBole trainer class in the bases: checkpoints, resuming,
+    the learning curve and timings, and a one-line stop when the loss diverges.
 
     - Checkpoints hold model and optimizer state plus plain data (no pickled ``Config``), are
       read with ``weights_only=True`` and written atomically.
@@ -130,15 +123,6 @@ class SafeCheckpointMixin:
                 f"learning_rate (now {self.config['learning_rate']}), or set enable_amp: False if "
                 f"it is on{kept}"
             )
-
-    def _full_sort_batch_eval(self, batched_data):
-        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-        if self.config["eval_exclude_history"]:
-            # RecBole ranks a sequential user's own history items too; the FLAME and SASRec
-            # authors' evaluators rank them out. Here: the items of the input sequence.
-            seq = interaction[self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]]
-            scores.scatter_(1, seq.to(scores.device), float("-inf"))
-        return interaction, scores, positive_u, positive_i
 
     def _valid_epoch(self, valid_data, show_progress=False):
         score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
@@ -246,7 +230,7 @@ class SafeCheckpointMixin:
         now = plain_config(self.config)
         for key in sorted(set(then) | set(now)):
             # A key the older run did not record (a setting added since) is not compared.
-            if key in _RESUME_FREE or key not in then or then[key] == now.get(key):
+            if key in NEUTRAL_KEYS or key not in then or then[key] == now.get(key):
                 continue
             raise ConfigError(
                 f"--resume={path} was written with {key}={then.get(key)!r} but this run has "
@@ -367,16 +351,19 @@ class SafeCheckpointMixin:
         return {}
 
 
-class Trainer(SafeCheckpointMixin, RecBoleTrainer):
-    """The default trainer of this package: RecBole's, with safe checkpoints."""
+class Trainer(RunStateMixin, HistoryExclusionMixin, RecBoleTrainer):
+    """The default trainer of this package: RecBole's, with this package's run state and
+    evaluation protocol."""
 
 
 @functools.cache
-def with_safe_checkpoints(base: type) -> type:
-    """``base`` (a RecBole trainer class) with :class:`SafeCheckpointMixin` in front."""
-    if issubclass(base, SafeCheckpointMixin) or not issubclass(base, RecBoleTrainer):
+def with_run_state(base: type) -> type:
+    """``base`` (a RecBole trainer class) with :class:`RunStateMixin` and
+    :class:`HistoryExclusionMixin` in front."""
+    if issubclass(base, RunStateMixin) or not issubclass(base, RecBoleTrainer):
         # RecBole's decision-tree trainers save library models, not torch state.
         return base
     if base is RecBoleTrainer:
         return Trainer
-    return type(base.__name__, (SafeCheckpointMixin, base), {"__module__": __name__})
+    bases = (RunStateMixin, HistoryExclusionMixin, base)
+    return type(base.__name__, bases, {"__module__": __name__})

@@ -17,6 +17,7 @@ import yaml
 from recbole.data.dataloader import FullSortEvalDataLoader
 
 from recbole_flame.config import Config
+from recbole_flame.experiment.stats import format_mean_sd, mean_sd, paired_test
 from recbole_flame.quick_start import prepare, train_and_test
 from recbole_flame.tuning.per_user import held_out_ranks, paired_users
 from recbole_flame.tuning.search import absolute_paths
@@ -167,8 +168,15 @@ def run_comparison(
 
 
 # The settings of SHARED_TRAINING_KEYS each run recorded (a test checks they are shared).
-SHARED_TRAINING_KEYS = ("train_batch_size", "learning_rate", "epochs", "stopping_step",
-                        "valid_metric", "metrics", "topk")
+SHARED_TRAINING_KEYS = (
+    "train_batch_size",
+    "learning_rate",
+    "epochs",
+    "stopping_step",
+    "valid_metric",
+    "metrics",
+    "topk",
+)
 
 
 def per_user_ranks(trainer, test_data) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -211,8 +219,6 @@ def summarize(runs: list[dict[str, Any]], notes: Sequence[str] = ()) -> dict[str
     """Mean and std per model; each model against the first: a paired t-test across seeds
     (from MIN_SEEDS_FOR_P seeds) and, per seed, a paired t-test over test users on the
     validation metric."""
-    from scipy import stats
-
     models = list(dict.fromkeys(r["model"] for r in runs))
     metrics = list(runs[0]["test_result"])
     by_model = {
@@ -226,17 +232,13 @@ def summarize(runs: list[dict[str, Any]], notes: Sequence[str] = ()) -> dict[str
         paired = [r for r in mine if r["seed"] in first_runs]
         for metric in metrics:
             values = [r["test_result"][metric] for r in mine]
-            row[metric] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "values": values,
-                "p_vs_first": None,
-            }
+            mean, std = mean_sd(values)
+            row[metric] = {"mean": mean, "std": std, "values": values, "p_vs_first": None}
             if model != models[0] and len(paired) >= MIN_SEEDS_FOR_P:
                 mine_v = [r["test_result"][metric] for r in paired]
                 first_v = [first_runs[r["seed"]]["test_result"][metric] for r in paired]
-                p = stats.ttest_rel(mine_v, first_v).pvalue
-                row[metric]["p_vs_first"] = None if p != p else float(p)  # NaN: identical runs
+                p = paired_test(mine_v, first_v).p
+                row[metric]["p_vs_first"] = None if p != p else p  # NaN: identical runs
         row["per_user_vs_first"] = {}
         if model != models[0]:
             for r in paired:
@@ -279,15 +281,14 @@ def markdown(summary: dict[str, Any]) -> str:
         cells = [row["model"]]
         for metric in metrics:
             cell = row[metric]
-            text = f"{cell['mean']:.4f}"
-            if len(row["seeds"]) > 1:
-                text += f" ± {cell['std']:.4f}"
+            text = format_mean_sd(cell["mean"], cell["std"], len(row["seeds"]))
             if cell["p_vs_first"] is not None:
                 text += f" (p={cell['p_vs_first']:.3f})"
             cells.append(text)
         cells += [
             f"{row['best_epoch']:.1f}",
-            f"{row['seconds_to_best']:.0f}" if row["seconds_to_best"] == row["seconds_to_best"]
+            f"{row['seconds_to_best']:.0f}"
+            if row["seconds_to_best"] == row["seconds_to_best"]
             else "-",
             f"{row['epoch_seconds']:.1f}" if row["epoch_seconds"] == row["epoch_seconds"] else "-",
             f"{row['inference_seconds_per_batch']:.4f}",

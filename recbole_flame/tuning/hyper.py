@@ -151,10 +151,13 @@ def search_space(params: list[HyperParam]) -> dict[str, Any]:
 def check_search_space(params: list[HyperParam], model: str, path: str | Path) -> None:
     """Stop with one line, before any trial starts, when the search can draw a value that the
     config checks refuse for ``model`` (each trial would otherwise fail on its own)."""
+    from recbole_flame.utils.registry import get_model
+
+    model_class = get_model(model)
     for param in params:
         for value in param.extremes():
             try:
-                check_value(param.name, value, model)
+                check_value(param.name, value, model_class)
             except ConfigError as exc:
                 raise HyperFileError(
                     f"hyper file '{path}': {param.name} {param.kind} can draw {show(value)}, "

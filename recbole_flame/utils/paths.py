@@ -11,15 +11,9 @@ _PKG = Path(__file__).resolve().parent.parent
 
 
 def properties_dir() -> Path:
-    """The ``properties/`` folder: the top-level one in a source checkout (editable install),
-    else the copy the wheel ships as ``recbole_flame/properties``."""
-    for candidate in (_PKG.parent / "properties", _PKG / "properties"):
-        if (candidate / "model").is_dir() or (candidate / "dataset").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"recbole_flame's properties/ folder is missing (looked in {_PKG.parent} and {_PKG}); "
-        "reinstall the package"
-    )
+    """``recbole_flame/properties``: the yaml defaults (``model/``, ``dataset/``, ``profile/``),
+    in the source tree and the wheel alike."""
+    return _PKG / "properties"
 
 
 def profile_file(name: str) -> Path:
@@ -35,8 +29,7 @@ def profile(name: str) -> dict:
 
 
 def _hyper_dir() -> Path:
-    # the top-level hyper/ in a source checkout, recbole_flame/hyper in a wheel
-    return _PKG.parent / "hyper" if (_PKG.parent / "hyper").is_dir() else _PKG / "hyper"
+    return _PKG / "hyper"
 
 
 def shipped_hyper_names() -> list[str]:

@@ -102,7 +102,7 @@ def get_model(name: str) -> type:
 
 def get_trainer(model_type: ModelType, model_name: str) -> type:
     """The trainer class for ``model_name``: ``recbole_flame.trainer.<Name>Trainer`` if it
-    exists, else RecBole's trainer for that model or type, with this package's safe checkpoints
+    exists, else RecBole's trainer for that model or type, with this package's run state (safe checkpoints, resume, learning curve)
     mixed in (RecBole's own pickle its Config and do not load under torch>=2.6)."""
     from recbole_flame import trainer as our_trainers
 
@@ -118,4 +118,4 @@ def get_trainer(model_type: ModelType, model_name: str) -> type:
             base = rb_trainers.TraditionalTrainer
         else:
             return our_trainers.Trainer
-    return our_trainers.with_safe_checkpoints(base)
+    return our_trainers.with_run_state(base)

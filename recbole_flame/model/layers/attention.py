@@ -26,14 +26,10 @@ Implementations (config key ``attention_impl``, default ``auto``):
 * ``sdpa``: SDPA everywhere, attention dropout included.
 * ``auto``: SDPA except in training with attention dropout on, where RecBole's code runs.
 
-Why (``benchmarks/attention_impl.py``, README "Attention"; CPU, torch 2.13, 1 thread, batch 256,
-d = 64): without dropout, SDPA's fused CPU kernel is faster (the attention sublayer's forward +
-backward 0.88x RecBole's at L = 50, 0.42x at L = 200; a SASRec training step 0.74x and full-sort
-inference 0.65x at L = 200; at L = 50 attention is a small part of a step, which is then equal
-within noise). With dropout the fused kernel does not apply and SDPA runs its unfused math path,
-no faster than RecBole's (a FLAME step 1.10x at L = 50, a SASRec step 0.96-1.00x at L = 50 and
-200); RecBole's code there also keeps RecBole's random draws, so a seeded run gives RecBole's
-numbers. Timed on CPU only: on a GPU ``sdpa`` may be the faster choice with dropout too.
+Why ``auto`` is the default: on CPU, without dropout, SDPA's fused kernel is faster; with
+dropout it runs an unfused path no faster than RecBole's, and RecBole's code keeps RecBole's
+random draws, so a seeded run gives RecBole's numbers. The timings
+(``benchmarks/micro/attention_impl.py``) are in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,0 +1,36 @@
+"""The keys that never change what a run learns: where it runs and writes, how verbosely, how
+long it may go, and implementations with equal outputs. A resumed run may change them, and the
+FLAME stage-1 cache leaves them out of its key (with FLAME's own stage-2 keys)."""
+
+from __future__ import annotations
+
+NEUTRAL_KEYS: frozenset[str] = frozenset(
+    {
+        # the budget: a resumed run may go on for longer; stage 1 counts its own, stage1_epochs
+        "epochs",
+        # where data, checkpoints, caches and logs are
+        "data_path",
+        "checkpoint_dir",
+        "stage1_cache_dir",
+        "config_files",
+        "save_dataset",
+        "save_dataloaders",
+        "dataset_save_path",
+        "dataloaders_save_path",
+        "log_wandb",
+        "wandb_project",
+        # the device and processes a run uses
+        "gpu_id",
+        "use_gpu",
+        "device",
+        "worker",
+        "single_spec",
+        "local_rank",
+        # how verbosely it runs
+        "state",
+        "show_progress",
+        # equal outputs (tests: 1e-5), chosen for speed as the device is
+        "attention_impl",
+        "eval_batch_size",
+    }
+)

@@ -1,0 +1,340 @@
+"""The results page of the docs and the headline numbers elsewhere, generated from the
+committed result files.
+
+``python -m recbole_flame.experiment.report`` (from the repository root) rewrites
+``docs/results.md``, one section per experiment of ``benchmarks/experiments/`` with its status
+and the summary the engine computes from its result files, the learning-curve and
+accuracy-compute plots under ``docs/img/``, and every headline in README.md and the docs pages:
+the text between ``<!-- h:NAME -->`` and ``<!-- /h -->``, from the ``headline`` entry of spec
+NAME (``{run: A, against: B, metric: ndcg@20}``; ``against_as`` names B in the text;
+``form: ratio`` for "0.94 of B's"). ``--check``
+only says whether all of it is current (the test suite runs it). No number is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from recbole_flame.experiment.spec import load_spec, parked_file, result_file, slug
+from recbole_flame.experiment.summary import load_records, summarize
+from recbole_flame.utils.errors import UserError
+
+EXPERIMENTS = Path("benchmarks") / "experiments"
+RESULTS = Path("benchmarks") / "results"
+IMG = "img"
+
+
+def specs(root: Path) -> list[dict[str, Any]]:
+    """Every experiment spec under ``root/benchmarks/experiments`` (files that are not specs,
+    such as a RecBole config file kept beside them, are skipped), by name."""
+    found = []
+    for path in sorted((root / EXPERIMENTS).glob("*.yaml")):
+        try:
+            found.append(load_spec(path))
+        except UserError:
+            continue
+    return found
+
+
+def status(spec: dict[str, Any], out_dir: Path) -> tuple[str, int, int]:
+    """(state, finished (run, seed) pairs, all pairs of the spec). The state: ``converged``
+    (every pair reached early stopping), ``in progress`` (a pair is parked or has a curve so
+    far), ``partly run`` (the other pairs were never started) or ``not run``."""
+    pairs = [(label, seed) for seed in spec["seeds"] for label in spec["runs"]]
+    done = sum(result_file(out_dir, label, seed).is_file() for label, seed in pairs)
+    if done == len(pairs):
+        return "converged", done, len(pairs)
+    started = any(
+        parked_file(out_dir, label, seed).is_file()
+        or (out_dir / f"in_progress-{slug(label)}-seed{seed}.md").is_file()
+        for label, seed in pairs
+    )
+    if started:
+        return "in progress", done, len(pairs)
+    return ("partly run" if done else "not run"), done, len(pairs)
+
+
+# --- plots -----------------------------------------------------------------------------------
+def _curve(history: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    return [h["epoch"] + 1 for h in history], [h["valid_score"] for h in history]
+
+
+def _valid_metric(records: dict[str, dict[int, dict]]) -> str:
+    """The metric the runs selected on: the spec's, else the evaluation profile's (this
+    package's ranking models select on it unless told otherwise)."""
+    from recbole_flame.utils.paths import profile
+
+    for runs in records.values():
+        for record in runs.values():
+            metric = (record.get("config") or {}).get("valid_metric")
+            if metric:
+                return metric
+    return profile("evaluation")["valid_metric"]
+
+
+def _figure(panels: int, size: tuple[float, float]):
+    """A figure of ``panels`` side by side, each ``size`` inches, drawn off screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, panels, figsize=(size[0] * panels, size[1]), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_flame(root: Path, path: Path) -> bool:
+    """FLAME's stage 2 against its stage-1 SASRec (or the given frozen network), validation
+    score by epoch, one panel per converged FLAME experiment."""
+    panels = []
+    for spec in specs(root):
+        records = load_records(spec, root / RESULTS / spec["name"])
+        flame = records.get("FLAME")
+        if spec["runs"].get("FLAME", {}).get("model") == "FLAME" and flame:
+            panels.append((spec["name"], flame, _valid_metric(records)))
+    if not panels:
+        return False
+    fig, axes = _figure(len(panels), (4.2, 3.4))
+    for ax, (name, runs, metric) in zip(axes, panels, strict=True):
+        for i, (seed, record) in enumerate(sorted(runs.items())):
+            result = record["result"]
+            color = f"C{i}"
+            ax.plot(*_curve(result["valid_history"]), color=color, label=f"FLAME, seed {seed}")
+            stage1 = (result.get("stage1_learning_curve") or {}).get("valid_history")
+            if stage1:
+                ax.plot(*_curve(stage1), color=color, ls="--", label=f"stage 1, seed {seed}")
+            else:
+                frozen = (result.get("stage1_valid_result") or {}).get(metric.lower())
+                if frozen is not None:
+                    ax.axhline(frozen, color=color, ls=":", label="frozen network")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"valid {metric}")
+        ax.legend(fontsize=6)
+    _save(fig, path)
+    return True
+
+
+def plot_dense(root: Path, path: Path) -> bool:
+    """Dense against prefix training: every run's validation curve, one panel per dataset."""
+    panels = []
+    for spec in specs(root):
+        if spec["name"].startswith("dense_"):
+            records = load_records(spec, root / RESULTS / spec["name"])
+            if records:
+                panels.append((spec["name"], records, _valid_metric(records)))
+    if not panels:
+        return False
+    fig, axes = _figure(len(panels), (5.2, 3.6))
+    for ax, (name, records, metric) in zip(axes, panels, strict=True):
+        for i, (label, runs) in enumerate(records.items()):
+            for j, (_, record) in enumerate(sorted(runs.items())):
+                ax.plot(
+                    *_curve(record["result"]["valid_history"]),
+                    color=f"C{i}",
+                    alpha=0.8,
+                    lw=1,
+                    label=label if j == 0 else None,
+                )
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"valid {metric}")
+        ax.legend(fontsize=6)
+    _save(fig, path)
+    return True
+
+
+def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
+    """CANet's accuracy against its FLOPs ratio (the full route is 1), with the full supernet
+    and the other runs of each CANet experiment (a run without a FLOPs ratio is drawn at 1: a
+    model of the full route's size)."""
+    points = []
+    for spec in specs(root):
+        if not any(r.get("model") == "CANet" for r in spec["runs"].values()):
+            continue
+        for label, runs in load_records(spec, root / RESULTS / spec["name"]).items():
+            for record in runs.values():
+                test = record["result"]["test_result"]
+                points.append((label, float(test.get("flops_ratio", 1.0)), float(test[metric])))
+    if not points:
+        return False
+    fig, (ax,) = _figure(1, (4.6, 3.4))
+    for i, (label, ratio, value) in enumerate(points):
+        ax.scatter([ratio], [value], color=f"C{i}", label=label)
+    ax.set_xlabel("FLOPs ratio (full route = 1)")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_xlim(0, 1.1)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+PLOTS = {
+    "flame_curves.png": (plot_flame, "FLAME against its stage-1 SASRec (dashed) or frozen network"),
+    "dense_vs_prefix.png": (plot_dense, "Dense against prefix training, SASRec"),
+    "canet_accuracy_compute.png": (plot_canet, "CANet: test NDCG@10 against FLOPs ratio"),
+}
+
+
+# --- headlines -------------------------------------------------------------------------------
+HEADLINE = re.compile(r"<!-- h:([A-Za-z0-9_]+) -->(.*?)<!-- /h -->", re.S)
+
+
+def headline(spec: dict[str, Any], root: Path) -> str:
+    """The spec's ``headline``: run A against run B on one test metric, mean over the seeds
+    both finished (and a paired p from 3 seeds on)."""
+    from recbole_flame.experiment.stats import paired_test
+
+    entry = spec.get("headline")
+    if not entry:
+        raise UserError(f"spec {spec['name']} has no headline entry")
+    records = load_records(spec, root / RESULTS / spec["name"])
+    a, b, metric = entry["run"], entry["against"], entry["metric"]
+    seeds = sorted(set(records.get(a, {})) & set(records.get(b, {})))
+    if not seeds:
+        return f"{a} against {b}: not finished"
+    xa = [float(records[a][s]["result"]["test_result"][metric]) for s in seeds]
+    xb = [float(records[b][s]["result"]["test_result"][metric]) for s in seeds]
+    ma, mb = statistics.mean(xa), statistics.mean(xb)
+    b = entry.get("against_as", b)  # how the text names B, where its run label is terse
+    shown_metric = metric.replace("ndcg", "NDCG").replace("hit", "HR").replace("auc", "AUC")
+    runs = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    if len(seeds) >= 3:
+        p_value = paired_test(xa, xb).p
+        runs += ", p < 0.01" if p_value < 0.01 else f", p = {p_value:.2f}"
+    if entry.get("form") == "ratio":
+        text = f"{ma / mb:.2f} of {b}'s test {shown_metric}"
+        flops = [records[a][s]["result"]["test_result"].get("flops_ratio") for s in seeds]
+        if all(f is not None for f in flops):
+            text += f" at {statistics.mean(flops):.2f} of its FLOPs"
+        return f"{text} ({runs})"
+    return (
+        f"test {shown_metric} {ma:.4f} against {b}'s {mb:.4f} ({100 * (ma / mb - 1):+.1f}%, {runs})"
+    )
+
+
+def with_headlines(text: str, root: Path) -> str:
+    """``text`` with every headline marker's content regenerated."""
+    by_name = {spec["name"]: spec for spec in specs(root)}
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in by_name:
+            raise UserError(f"headline marker names no spec: {name}")
+        return f"<!-- h:{name} -->{headline(by_name[name], root)}<!-- /h -->"
+
+    return HEADLINE.sub(fill, text)
+
+
+def headline_pages(root: Path) -> list[Path]:
+    """README.md and every docs page (the ones with a headline marker are rewritten)."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+# --- the page --------------------------------------------------------------------------------
+def results_page(root: Path, plots: list[str]) -> str:
+    """``docs/results.md`` for the result files under ``root``; ``plots`` are the images of
+    :data:`PLOTS` that exist."""
+    all_specs = specs(root)
+    lines = [
+        "# Results",
+        "",
+        "<!-- generated by `python -m recbole_flame.experiment.report`; do not edit -->",
+        "",
+        "Every experiment of `benchmarks/experiments/`, trained to early stopping by",
+        "`python run_recbole_flame.py --spec=benchmarks/experiments/NAME.yaml`. Each table is the",
+        "summary the engine computes from the experiment's result files",
+        "(`benchmarks/results/NAME/`, one JSON per run and seed with its command, commit, machine,",
+        "wall time and learning curve): test metrics of the best-validation model, mean ± sd over",
+        "seeds, and paired t-tests where a spec compares runs.",
+        "",
+        "| experiment | what it asks | status | finished runs |",
+        "|---|---|---|---|",
+    ]
+    states = {}
+    for spec in all_specs:
+        state, done, total = status(spec, root / RESULTS / spec["name"])
+        states[spec["name"]] = state
+        lines.append(
+            f"| [{spec['name']}](#{spec['name'].lower()}) | {spec.get('description', '')} | {state} | "
+            f"{done} of {total} |"
+        )
+    if plots:
+        lines += ["", "## Plots", ""]
+        for name in plots:
+            lines += [f"![{PLOTS[name][1]}]({IMG}/{name})", "", f"*{PLOTS[name][1]}.*", ""]
+    for spec in all_specs:
+        out_dir = root / RESULTS / spec["name"]
+        lines += ["", f"## {spec['name']}", ""]
+        lines.append(f"`python run_recbole_flame.py --spec={EXPERIMENTS / spec['name']}.yaml`")
+        lines.append("")
+        if states[spec["name"]] == "not run":
+            lines.append("Not run yet.")
+            continue
+        if states[spec["name"]] == "in progress":
+            progress = sorted(p.name for p in out_dir.glob("in_progress-*.md"))
+            lines.append(
+                "In progress (parked runs resume with the command above); the learning curve "
+                "so far: " + ", ".join(f"`{RESULTS / spec['name'] / p}`" for p in progress)
+            )
+            lines.append("")
+        summary = summarize(spec, out_dir)
+        # the engine's heading repeats the name: the page has its own
+        body = summary.split("\n", 2)[2] if summary.startswith("### ") else summary
+        lines.append(body)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default=".", help="the repository root (default: .)")
+    parser.add_argument("--check", action="store_true", help="only say whether it is current")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    docs = root / "docs"
+    plots = []
+    for name, (draw, _) in PLOTS.items():
+        if args.check:
+            if (docs / IMG / name).is_file():
+                plots.append(name)
+        else:
+            (docs / IMG).mkdir(parents=True, exist_ok=True)
+            if draw(root, docs / IMG / name):
+                plots.append(name)
+    wanted = {docs / "results.md": results_page(root, plots)}
+    for path in headline_pages(root):
+        if path.is_file() and path not in wanted:
+            text = path.read_text(encoding="utf-8")
+            if HEADLINE.search(text):
+                wanted[path] = with_headlines(text, root)
+    stale = [
+        path
+        for path, text in wanted.items()
+        if not path.is_file() or path.read_text(encoding="utf-8") != text
+    ]
+    if args.check:
+        for path in stale:
+            print(f"stale: {path}; run python -m recbole_flame.experiment.report")
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(wanted[path], encoding="utf-8")
+        print(f"wrote {path}")
+    print(f"plots: {', '.join(plots) or 'none'} under {docs / IMG}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""The experiment engine (``recbole_flame.experiment``): the summary's metrics, model
+diagnostics (``extras``) and paired tests from result files, against hand-computed means,
+deviations and t statistics; run configs, progress reports and parking."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+from recbole_flame.experiment.runs import park, progress_report, unpark
+from recbole_flame.experiment.spec import dig, load_spec, parked_file, result_file, run_config, slug
+from recbole_flame.experiment.summary import summarize
+
+
+def _record(auc: float, logloss: float, extra: float | None, epoch_s: float = 1.0) -> dict:
+    result = {
+        "test_result": {"auc": auc, "logloss": logloss},
+        "best_epoch": 3,
+        "epochs_run": 8,
+        "epoch_train_seconds": [9.0 * epoch_s, epoch_s, 2.0 * epoch_s],  # median: 2 epoch_s
+        "elapsed_seconds_to_best": 1.0,
+        "elapsed_seconds": 2.0,
+    }
+    if extra is not None:
+        result["diag"] = {"test": {"base": [{"auc": extra}]}}
+    return {"result": result}
+
+
+def test_summary_tabulates_extras_and_paired_differences(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [1, 2, 3]\n"
+        "runs:\n  A B: {model: CETNet}\n  C: {model: DeepFM}\n"
+        "compare: [[A B, C]]\n"
+        "extras: {DCNV2 AUC inside: diag.test.base.0.auc}\n"
+    )
+    spec = load_spec(spec_file)
+    a = [(0.78, 0.55, 0.70), (0.79, 0.54, 0.72), (0.77, 0.56, 0.71)]
+    c = [(0.775, 0.551), (0.781, 0.547), (0.772, 0.559)]
+    for seed, (auc, ll, extra) in zip(spec["seeds"], a, strict=True):
+        (tmp_path / f"{slug('A B')}-seed{seed}.json").write_text(
+            json.dumps(_record(auc, ll, extra, epoch_s=seed))
+        )
+    for seed, (auc, ll) in zip(spec["seeds"], c, strict=True):
+        (tmp_path / f"C-seed{seed}.json").write_text(json.dumps(_record(auc, ll, None)))
+    text = summarize(spec, tmp_path)
+    extra_line = next(line for line in text.splitlines() if line.startswith("| A B | 3 | 0.7100"))
+    assert f"± {statistics.stdev([0.70, 0.72, 0.71]):.4f}" in extra_line
+    assert not any(line.startswith("| C | 3 | -") for line in text.splitlines())
+    # train s / epoch: the median epoch of each seed (2 x seed), then mean ± sd over seeds
+    row = next(line for line in text.splitlines() if line.startswith("| A B | 3 | 0.7800"))
+    assert row.split(" | ")[6] == f"{4.0:.4f} ± {statistics.stdev([2.0, 4.0, 6.0]):.4f}"
+    diffs = [x[0] - y[0] for x, y in zip(a, c, strict=True)]
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    t = mean / (sd / math.sqrt(3))
+    auc_line = next(line for line in text.splitlines() if "test auc" in line)
+    assert f"mean diff {mean:+.4f} (sd {sd:.4f}" in auc_line
+    assert f"paired t = {t:.2f}" in auc_line
+
+
+def test_dig_reads_dotted_paths():
+    result = {"a": {"b": [{"x": 1.5}, {"x": 2.5}]}}
+    assert dig(result, "a.b.0.x") == 1.5 and dig(result, "a.b.-1.x") == 2.5
+    assert dig(result, "a.c") is None and dig(result, "a.b.2.x") is None
+    assert dig(result, "a.b.0.x.d") is None
+
+
+def test_derived_rows_pair_a_run_with_the_baseline_inside_it(tmp_path):
+    """FLAME's result holds its frozen SASRec's test result: ``derived`` makes it a row, and
+    ``compare`` pairs it with FLAME seed by seed."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [1, 2]\nruns:\n  FLAME: {model: FLAME}\n"
+        "derived:\n  SASRec (stage 1):\n    from: FLAME\n"
+        "    result: {test_result: stage1_test_result, best_epoch: stage1.best}\n"
+        "compare: [[FLAME, SASRec (stage 1)]]\ntest_metrics: [ndcg@20]\nreport: [ndcg@20]\n"
+    )
+    spec = load_spec(spec_file)
+    flame, stage1 = [0.080, 0.084], [0.085, 0.086]
+    for seed, f, s in zip(spec["seeds"], flame, stage1, strict=True):
+        result = {
+            "test_result": {"ndcg@20": f},
+            "best_epoch": 40,
+            "epochs_run": 70,
+            "elapsed_seconds_to_best": 10.0,
+            "elapsed_seconds": 20.0,
+            "stage1_test_result": {"ndcg@20": s},
+            "stage1": {"best": 100 + seed},
+        }
+        (tmp_path / f"FLAME-seed{seed}.json").write_text(json.dumps({"result": result}))
+    text = summarize(spec, tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| SASRec (stage 1) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2"
+    assert cells[2] == f"{statistics.mean(stage1):.4f} ± {statistics.stdev(stage1):.4f}"
+    assert cells[3] == f"{statistics.mean([101, 102]):.4f} ± {statistics.stdev([101, 102]):.4f}"
+    assert cells[4:] == ["-", "-", "-", "-"]  # not in its derived result
+    line = next(line for line in text.splitlines() if "test ndcg@20" in line)
+    diffs = [f - s for f, s in zip(flame, stage1, strict=True)]
+    assert f"mean diff {statistics.mean(diffs):+.4f}" in line
+
+
+def test_run_config_fills_seed_and_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEIGHTS_DIR", "/w")
+    spec = load_spec_text(
+        tmp_path,
+        "dataset: ml-100k\nseeds: [7]\nbase: {epochs: 3, frozen_checkpoint: $WEIGHTS_DIR/a.pt}\n"
+        "runs:\n  F x: {model: FLAME, config: {stage1_cache_dir: 'r/F-seed{seed}/s1'}}\n",
+    )
+    config, ckpt = run_config(spec, "F x", 7, tmp_path)
+    assert config["frozen_checkpoint"] == "/w/a.pt" and config["epochs"] == 3
+    assert config["stage1_cache_dir"] == "r/F-seed7/s1" and config["seed"] == 7
+    assert ckpt == tmp_path / "ckpt" / "F-x-seed7" and config["checkpoint_dir"] == str(ckpt)
+
+
+def load_spec_text(folder: Path, text: str) -> dict:
+    path = folder / "spec.yaml"
+    path.write_text(text)
+    return load_spec(path)
+
+
+def test_time_to_accuracy_from_learning_curves(tmp_path):
+    """Dense reaches prefix's best validation score (0.08) first at its third validation, at
+    30 s; prefix took 200 s to its best: 0.15. A run that never gets there is said so."""
+
+    def record(scores, seconds, best_seconds):
+        history = [
+            {"epoch": i + 1, "valid_score": v, "elapsed_seconds": t}
+            for i, (v, t) in enumerate(zip(scores, seconds, strict=True))
+        ]
+        return {
+            "result": {
+                "test_result": {"ndcg@20": 0.1},
+                "valid_history": history,
+                "best_epoch": 1,
+                "epochs_run": len(history),
+                "elapsed_seconds_to_best": best_seconds,
+                "elapsed_seconds": seconds[-1],
+            }
+        }
+
+    spec = load_spec_text(
+        tmp_path,
+        "dataset: ml-100k\nseeds: [1, 2]\nruns:\n  D: {model: SASRec}\n  P: {model: SASRec}\n"
+        "time_to_accuracy: [[D, P]]\n",
+    )
+    runs = {
+        ("D", 1): record([0.05, 0.07, 0.081, 0.09], [10, 20, 30, 40], 40),
+        ("P", 1): record([0.06, 0.08, 0.079], [100, 200, 300], 200),
+        ("D", 2): record([0.05, 0.06], [10, 20], 20),
+        ("P", 2): record([0.07], [100], 100),
+    }
+    for (label, seed), rec in runs.items():
+        (tmp_path / f"{label}-seed{seed}.json").write_text(json.dumps(rec))
+    line = next(line for line in summarize(spec, tmp_path).splitlines() if "Time to" in line)
+    assert "mean 0.150" in line and "seed 1: 30 s (epoch 3) / 200 s = 0.150" in line
+    assert "seed 2: never reached 0.0700" in line
+
+
+def test_progress_report_reads_the_unfinished_runs_state(tmp_path):
+    """``--progress``: the learning curve of a run that has a run state and no result, with its
+    resume command (the environment variables its settings read named); none once finished."""
+    import torch
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [7]\n"
+        "runs:\n  A b: {model: FLAME, config: {frozen_checkpoint: $WEIGHTS/x.pt}}\n"
+    )
+    spec = load_spec(spec_file)
+    assert progress_report(spec, "A b", 7, tmp_path) is None  # never started
+    _, ckpt = run_config(spec, "A b", 7, tmp_path)
+    ckpt.mkdir(parents=True)
+    history = [
+        {"epoch": 1, "valid_score": 0.01, "train_seconds": 10.4},
+        {"epoch": 2, "valid_score": 0.03, "train_seconds": 20.6},
+        {"epoch": 3, "valid_score": 0.02, "train_seconds": 31.0},
+    ]
+    state = {"state_dict": {"w": torch.zeros(1)}, "valid_history": history, "elapsed_seconds": 40.0}
+    torch.save(state, ckpt / "A-x-last.pth")
+    text = progress_report(spec, "A b", 7, tmp_path)
+    assert "Validations so far: 3; best valid score 0.03 at epoch 2; wall seconds so far 40" in text
+    assert f"`WEIGHTS=PATH python run_recbole_flame.py --spec={spec_file} --threads 1" in text
+    assert '--only "A b" --seeds 7`' in text
+    assert "| 2 | 0.0300 | 21 |" in text or "| 2 | 0.03 | 21 |" in text
+    result_file(tmp_path, "A b", 7).write_text("{}")
+    assert progress_report(spec, "A b", 7, tmp_path) is None  # finished
+
+
+def test_parked_state_resumes_in_another_clone(tmp_path):
+    """``--park`` packs a run's newest state and the best model it names; in another clone
+    (another folder) the run's first step unpacks them and the state names the new best-model
+    path; a folder that already holds a state is left alone; the report says it is parked."""
+    import torch
+
+    from recbole_flame.utils.checkpoint import load_checkpoint
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text("dataset: ml-100k\nseeds: [3]\nruns:\n  F: {model: FLAME}\n")
+    spec = load_spec(spec_file)
+    here, there = tmp_path / "clone1", tmp_path / "clone2"
+    assert park(spec, "F", 3, here) is None  # nothing to park
+    config, ckpt = run_config(spec, "F", 3, here)
+    best = ckpt / "F-x.pth"
+    ckpt.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.full((2,), 7.0)}}, best)
+    torch.save({"state_dict": {"w": torch.ones(1)}, "valid_history": []}, ckpt / "F-old-last.pth")
+    history = [{"epoch": 1, "valid_score": 0.5, "train_seconds": 3.0}]
+    state = {
+        "state_dict": {"w": torch.arange(3.0)},
+        "config": {"checkpoint_dir": config["checkpoint_dir"]},
+        "best_model_file": str(best),
+        "valid_history": history,
+    }
+    torch.save(state, ckpt / "F-new-last.pth")
+    os.utime(ckpt / "F-old-last.pth", (1, 1))  # older: not parked, only the newest state is
+    packed = park(spec, "F", 3, here)
+    assert packed == parked_file(here, "F", 3)
+    assert "parked (committed)" in progress_report(spec, "F", 3, here)
+
+    target = parked_file(there, "F", 3)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(packed.read_bytes())
+    unpacked = unpark(spec, "F", 3, there)
+    _, ckpt2 = run_config(spec, "F", 3, there)
+    assert unpacked == ckpt2 / "F-new-last.pth"
+    assert sorted(p.name for p in ckpt2.iterdir()) == ["F-new-last.pth", "F-x.pth"]
+    restored = load_checkpoint(unpacked)
+    assert restored["best_model_file"] == str(ckpt2.absolute() / "F-x.pth")
+    assert torch.equal(restored["state_dict"]["w"], torch.arange(3.0))
+    assert restored["valid_history"] == history
+    assert torch.equal(load_checkpoint(ckpt2 / "F-x.pth")["state_dict"]["w"], torch.full((2,), 7.0))
+    assert unpark(spec, "F", 3, there) is None  # a state is already there
+
+
+def test_per_user_paired_comparison_matches_hand_computed_values() -> None:
+    """The per-user test matches users by id (rows come in different orders), scores NDCG@k
+    from the rank, and its paired t over users equals the hand-computed one."""
+    import torch
+
+    from recbole_flame.tuning.per_user import paired_users
+
+    k = 3
+    # user: (rank under a, rank under b); rank >= k scores 0
+    ranks = {10: (0, 1), 11: (2, 0), 12: (5, 2), 13: (1, 1), 14: (0, 4)}
+    users_a = torch.tensor([10, 11, 12, 13, 14])
+    users_b = torch.tensor([14, 13, 12, 11, 10])
+    ranks_a = torch.tensor([ranks[int(u)][0] for u in users_a])
+    ranks_b = torch.tensor([ranks[int(u)][1] for u in users_b])
+    out = paired_users((ranks_a, users_a), (ranks_b, users_b), f"ndcg@{k}")
+
+    def ndcg(r: int) -> float:
+        return 1 / math.log2(r + 2) if r < k else 0.0
+
+    diffs = [ndcg(a) - ndcg(b) for a, b in ranks.values()]
+    mean = statistics.mean(diffs)
+    t = mean / (statistics.stdev(diffs) / math.sqrt(len(diffs)))
+    b_mean = statistics.mean(ndcg(b) for _, b in ranks.values())
+    assert out["users"] == 5
+    assert math.isclose(out["mean_diff"], mean, rel_tol=1e-9)
+    assert math.isclose(out["relative_diff"], mean / b_mean, rel_tol=1e-9)
+    assert math.isclose(out["t"], t, rel_tol=1e-9)
+    assert (out["a_better_users"], out["b_better_users"]) == (2, 2)
+
+
+def test_milestones_give_the_first_epoch_reaching_each_score(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [1]\nruns:\n  A: {model: SASRec}\nmilestones: [0.05, 0.06, 0.07]\n"
+    )
+    spec = load_spec(spec_file)
+    curve = [0.03, 0.051, 0.049, 0.065, 0.06]  # epochs 0-4: 0.06 first at 3, 0.07 never
+    result = {
+        "test_result": {"ndcg@20": 0.06},
+        "valid_history": [{"epoch": e, "valid_score": v} for e, v in enumerate(curve)],
+    }
+    (tmp_path / "A-seed1.json").write_text(json.dumps({"result": result}))
+    lines = summarize(spec, tmp_path).splitlines()
+    head = next(i for i, line in enumerate(lines) if "first epoch at valid 0.05" in line)
+    row = lines[head + 2]
+    assert [c.strip() for c in row.strip("|").split("|")][2:] == ["1", "3", "-"]
