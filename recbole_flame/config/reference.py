@@ -63,10 +63,16 @@ def describe(key: str, model: str | None) -> str:
 @cache
 def _defaults(model: str) -> dict[str, Any]:
     from recbole_flame.config import Config
+    from recbole_flame.config.configurator import PATH_KEYS
 
     # ml-100k ships with RecBole, so the defaults never need a download.
     config = Config(model, "ml-100k")
-    return dict(config.final_config_dict)
+    values = dict(config.final_config_dict)
+    # Paths are made absolute when a run starts; the page shows them as the files set them.
+    for key in PATH_KEYS:
+        if key in values:
+            values[key] = config.internal_config_dict.get(key)
+    return values
 
 
 def _shown(value: Any) -> str:
