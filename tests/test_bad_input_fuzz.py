@@ -75,7 +75,7 @@ def _number_cases(rule: Rule, rng: random.Random) -> dict[str, list[str]]:
     if rule.hi is not None:
         out_of_range.append(repr(float(rule.hi) + rng.uniform(1e-3, 10)))
     return {
-        "type": ["abc", "True", "None", "{}"],
+        "type": ["abc", "True", "{}"] + ([] if rule.none else ["None"]),
         "range": out_of_range,
         "empty": _empty(rule, "'  '"),
         "huge": ["1e999", "-1e999"],
@@ -225,7 +225,8 @@ STRUCTURED_BAD: dict[str, dict[str, list[str]]] = {
     },
 }
 STRUCTURED_BAD["item_inter_num_interval"] = STRUCTURED_BAD["user_inter_num_interval"]
-# CETNet's: its default base_models are two, so a list of another length is bad as well.
+# CANet's fixed_route (its default space has no width 8), and CETNet's (its default
+# base_models are two, so a list of another length is bad as well).
 STRUCTURED_BAD.update(
     {
         "base_models": {
@@ -243,6 +244,14 @@ STRUCTURED_BAD.update(
             "huge": [f"[{HUGE_INT}, 8]", "[1e999, 8]"],
             "unicode": ["[８, 8]", "[π, 8]"],
             "list": ["[[8], [8]]"],
+        },
+        "fixed_route": {
+            "type": ["5", "True", "{full: 1}"],
+            "range": ["largest", "h0-l1-e8", "h8-l1-e8", "h64-l2", "h64-l2-e64-x"],
+            "empty": ["''", "'  '"],
+            "huge": [HUGE_INT, "h" + "9" * 100 + "-l2-e64"],
+            "unicode": ["h６４-l2-e64", "fülle"],
+            "list": ["[full]", "[h64-l2-e64]"],
         },
         "base_model_overrides": {
             "type": ["5", "abc", "[5, 6]", "{epochs: 3}"],

@@ -96,8 +96,10 @@ def number(
     strict: bool = True,
     hi: float | None = None,
     hi_strict: bool = False,
+    none: bool = False,
 ) -> Rule:
-    """A finite int or float ``> lo`` (``>= lo`` if not ``strict``), and ``<= hi`` (``< hi``)."""
+    """A finite int or float ``> lo`` (``>= lo`` if not ``strict``), and ``<= hi`` (``< hi``);
+    with ``none``, ``~`` too."""
     if hi is not None:
         left, right = ("(" if strict else "["), (")" if hi_strict else "]")
         allowed = f"a number in {left}{lo:g}, {hi:g}{right}"
@@ -105,15 +107,19 @@ def number(
         allowed = "a positive number"
     else:
         allowed = f"a number {'>' if strict else '>='} {lo:g}"
+    if none:
+        allowed += " or ~"
 
     def ok(v: Any) -> bool:
+        if none and v is None:
+            return True
         if not is_number(v) or not finite(v):
             return False
         if v < lo or (strict and v == lo):
             return False
         return hi is None or v < hi or (not hi_strict and v == hi)
 
-    return Rule("number", allowed, ok, lo=lo, hi=hi)
+    return Rule("number", allowed, ok, lo=lo, hi=hi, none=none)
 
 
 def boolean(none: bool = False) -> Rule:

@@ -20,7 +20,7 @@ from recbole_flame.config.rules import Rule
 from recbole_flame.model.canet.flops import FlopsMixin, router_flops
 from recbole_flame.model.canet.keys import KEY_RULES, LIST_KEYS
 from recbole_flame.model.canet.router import RouterMixin, gumbel_one_hot, gumbel_perturbed
-from recbole_flame.model.canet.routes import Route
+from recbole_flame.model.canet.routes import Route, parse_route
 from recbole_flame.model.canet.scoring import ScoringMixin
 from recbole_flame.model.canet.supernet import SupernetMixin
 from recbole_flame.model.layers.sequence import dense_targets, first_trained_step, trim_batch
@@ -61,6 +61,10 @@ class CANet(ScoringMixin, RouterMixin, FlopsMixin, SupernetMixin, SequentialReco
         self.attention_scale = config["attention_scale"]
         self.guide_form = config["guide_form"]
         self.fixed_route = self._fixed(config["fixed_route"])
+        self.sandwich = config["supernet_training"] == "sandwich"
+        self.inplace_distillation = bool(config["inplace_distillation"])
+        self.flops_budget = config["flops_budget"]
+        self.flops_budget_weight = float(config["flops_budget_weight"])
         self.dense = config["train_mode"] == "dense"
         self.position_alignment = config["position_alignment"] or "start"
         self.list_suffix = config["LIST_SUFFIX"]
@@ -81,6 +85,9 @@ class CANet(ScoringMixin, RouterMixin, FlopsMixin, SupernetMixin, SequentialReco
             len(self.routes),
         )
         self.route_counts: Counter[Route] = Counter()  # routes taken in evaluation
+        # each route's FLOPs ratio as flops_ratio counts it (router included); not saved
+        cost = [(self.flops_of(r) + self.router_cost) / self.full_flops for r in self.routes]
+        self.register_buffer("route_cost", torch.tensor(cost), persistent=False)
         self._register_gate_tables()
         self._register_router_tables()
         self._init_weight_cache()
@@ -106,9 +113,31 @@ class CANet(ScoringMixin, RouterMixin, FlopsMixin, SupernetMixin, SequentialReco
                 )
         if config["router_hidden_size"] % config["router_n_heads"]:
             raise ConfigError("router_hidden_size must be a positive multiple of router_n_heads")
+        route = parse_route(config["fixed_route"])
+        space = [set(config[k]) for k in LIST_KEYS]
+        if route is not None and not all(
+            v in values for v, values in zip(route, space, strict=True)
+        ):
+            raise ConfigError(
+                f"fixed_route: {config['fixed_route']} is not in the routing space (hidden "
+                f"{sorted(space[0])}, layers {sorted(space[1])}, embedding {sorted(space[2])})"
+            )
+        if config["inplace_distillation"] and config["supernet_training"] != "sandwich":
+            raise ConfigError(
+                "inplace_distillation: True needs supernet_training: sandwich (the largest "
+                "route, trained on the batch, is the teacher)"
+            )
+        if config["fixed_route"] is not None:
+            for key, off in (("supernet_training", "route"), ("flops_budget", None)):
+                if config[key] != off:
+                    raise ConfigError(
+                        f"{key}: {config[key]} is for routed training, and fixed_route: "
+                        f"{config['fixed_route']} trains one route; set {key}: {off or '~'}"
+                    )
 
     def _fixed(self, name: str | None) -> Route | None:
-        return {None: None, "full": self.full_route, "smallest": self.smallest_route}[name]
+        named = {None: None, "full": self.full_route, "smallest": self.smallest_route}
+        return named[name] if name in named else parse_route(name)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -157,7 +186,58 @@ class CANet(ScoringMixin, RouterMixin, FlopsMixin, SupernetMixin, SequentialReco
         rec = F.cross_entropy(scores, targets)
         last_target = interaction[self.POS_ITEM_ID]
         guide = self.guide_loss(item_seq, item_seq_len, last_target, logits)
-        return rec, self.guide_weight * guide, self.uniform_weight * self.balance(logits)
+        terms = [rec, self.guide_weight * guide, self.uniform_weight * self.balance(logits)]
+        # Switches beside the authors' loss, each an added term (off: the three above alone).
+        if self.sandwich:
+            terms.append(self.sandwich_loss(item_seq, item_seq_len, steps, targets, scores))
+        if self.flops_budget is not None:
+            terms.append(self.flops_budget_weight * self.budget_loss(logits))
+        return tuple(terms)
+
+    def sandwich_loss(
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        steps: torch.Tensor | None,
+        targets: torch.Tensor,
+        routed: torch.Tensor,
+    ) -> torch.Tensor:
+        """The sandwich rule: the largest and the smallest route also trained on the batch, so
+        the widest dimensions learn every step, not only from the users routed to them. With
+        ``inplace_distillation`` the smallest and the ``routed`` scores learn the largest
+        route's detached softmax instead of the labels (the largest keeps the labels)."""
+        n = item_seq.size(0)
+        full = self.grouped_scores(
+            item_seq,
+            item_seq_len,
+            item_seq.new_full((n,), self.route_index[self.full_route]),
+            steps,
+        )
+        small = self.grouped_scores(
+            item_seq,
+            item_seq_len,
+            item_seq.new_full((n,), self.route_index[self.smallest_route]),
+            steps,
+        )
+        loss = F.cross_entropy(full, targets)
+        if not self.inplace_distillation:
+            return loss + F.cross_entropy(small, targets)
+        teacher = torch.softmax(full.detach(), dim=-1)
+        for student in (small, routed):
+            loss = loss - (teacher * torch.log_softmax(student, dim=-1)).sum(-1).mean()
+        return loss
+
+    def budget_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(FLOPs ratio of the batch's argmax routes - flops_budget)^2``, each route's cost
+        router included (as :meth:`flops_ratio` counts it): the value is what inference would
+        spend on the batch, and its gradient is taken straight through the router's softmax,
+        so rows near a decision boundary move to a cheaper (or dearer) route. (The plain
+        expectation under the softmax can sit on the budget while every row's argmax, which
+        inference runs, does not: measured on the toy problem of the tests.)"""
+        soft = torch.softmax(logits, dim=-1)
+        hard = F.one_hot(soft.argmax(dim=-1), soft.size(-1)).to(soft.dtype)
+        spent = ((hard + soft - soft.detach()) @ self.route_cost).mean()
+        return (spent - float(self.flops_budget)) ** 2
 
     def fixed_route_scores(
         self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, steps: torch.Tensor | None

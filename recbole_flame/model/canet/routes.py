@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 Route = tuple[int, int, int]  # (hidden, layers, embedding)
 
@@ -10,6 +11,15 @@ Route = tuple[int, int, int]  # (hidden, layers, embedding)
 def route_name(route: Route) -> str:
     """The route's name in logs and results, e.g. ``h64-l2-e96``."""
     return "h{}-l{}-e{}".format(*route)
+
+
+_NAME = re.compile(r"^h([1-9]\d*)-l([1-9]\d*)-e([1-9]\d*)$", re.ASCII)
+
+
+def parse_route(name: str) -> Route | None:
+    """The route a name such as ``h64-l2-e96`` names, or None if it is not one."""
+    match = _NAME.match(name) if isinstance(name, str) else None
+    return None if match is None else (int(match[1]), int(match[2]), int(match[3]))
 
 
 def route_summary(counts: dict[str, int], top: int = 5) -> dict[str, object]:
