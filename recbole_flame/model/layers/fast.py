@@ -1,7 +1,7 @@
 """Cheaper equivalents of two element-wise pieces of RecBole's transformer, on CPU above all.
 
-Dropout: PyTorch's CPU dropout draws its mask with ``bernoulli_``, which measured ~2.5x slower than
-drawing uniforms and comparing (FLAME's steps spent 14% of their time there). The mask has the
+Dropout: PyTorch's CPU dropout draws its mask with ``bernoulli_``, slower than drawing uniforms
+and comparing (the timings are in docs/performance.md, FLAME's step cost). The mask has the
 same distribution either way (each element kept with probability 1 - p, kept ones scaled by
 1 / (1 - p)); only the random stream differs. On other devices ``F.dropout`` is kept.
 
