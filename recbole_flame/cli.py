@@ -1,7 +1,7 @@
 """Command line.
 
 python run_recbole_flame.py --model=FLAME --dataset=ml-100k [--key=value ...]
-python run_recbole_flame.py --model=FLAME --hyper=hyper/FLAME.hyper --trials=8   # Ray Tune
+python run_recbole_flame.py --model=FLAME --hyper=FLAME --trials=8              # Ray Tune
 python run_recbole_flame.py --model=FLAME,SASRec,BERT4Rec --seeds=1,2,3          # compare
 python run_recbole_flame.py --spec=benchmarks/experiments/flame_ml100k.yaml [--summary]  # experiment
 """
