@@ -88,6 +88,14 @@ def _figure(panels: int, size: tuple[float, float]):
     return fig, list(axes[0])
 
 
+def _label_curves(ax, name: str, metric: str) -> None:
+    """A learning-curve panel's title, axes and legend."""
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {metric}")
+    ax.legend(fontsize=6)
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -120,10 +128,7 @@ def plot_flame(root: Path, path: Path) -> bool:
                 frozen = (result.get("stage1_valid_result") or {}).get(metric.lower())
                 if frozen is not None:
                     ax.axhline(frozen, color=color, ls=":", label="frozen network")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"valid {metric}")
-        ax.legend(fontsize=6)
+        _label_curves(ax, name, metric)
     _save(fig, path)
     return True
 
@@ -149,10 +154,7 @@ def plot_dense(root: Path, path: Path) -> bool:
                     lw=1,
                     label=label if j == 0 else None,
                 )
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"valid {metric}")
-        ax.legend(fontsize=6)
+        _label_curves(ax, name, metric)
     _save(fig, path)
     return True
 
