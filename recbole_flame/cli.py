@@ -3,6 +3,7 @@
 python run_recbole_flame.py --model=FLAME --dataset=ml-100k [--key=value ...]
 python run_recbole_flame.py --model=FLAME --hyper=FLAME --trials=8              # Ray Tune
 python run_recbole_flame.py --model=FLAME,SASRec,BERT4Rec --seeds=1,2,3          # compare
+python run_recbole_flame.py --model=FLAME --dataset=ml-100k --nproc=2           # 2 processes
 python run_recbole_flame.py --spec=benchmarks/experiments/flame_ml100k.yaml [--summary]  # experiment
 """
 
@@ -66,6 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="a single run: continue from its PATH-last.pth state (printed in the log); with "
         "--hyper: resume the interrupted search (no PATH)",
     )
+    ddp = parser.add_argument_group(
+        "distributed training (a single run over several processes, as RecBole's run_recbole.py)"
+    )
+    ddp.add_argument(
+        "--nproc", type=int, default=1, help="processes on this machine (one per GPU on CUDA)"
+    )
+    ddp.add_argument(
+        "--world_size",
+        type=int,
+        default=-1,
+        help="processes on all machines (default: --nproc, one machine)",
+    )
+    ddp.add_argument("--ip", default="localhost", help="address of the machine of rank 0")
+    ddp.add_argument("--port", default="5678", help="port rank 0 listens on")
+    ddp.add_argument(
+        "--group_offset",
+        type=int,
+        default=0,
+        help="rank of this machine's first process (the processes started on machines before it)",
+    )
     compare = parser.add_argument_group("comparison (with --model=A,B,...)")
     compare.add_argument(
         "--seeds",
@@ -109,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The options that only an experiment (--spec) reads, as the parser names them.
 _EXPERIMENT_ONLY = ("only", "threads", "summary", "progress", "park", "out")
+# The options of a distributed single run.
+_DISTRIBUTED = ("nproc", "world_size", "ip", "port", "group_offset")
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -127,6 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         models = [m.strip() for m in args.model.split(",") if m.strip()]
         seeds = _seeds(args.seeds)
+        distributed = [f"--{k}" for k in _DISTRIBUTED if getattr(args, k) != parser.get_default(k)]
+        if distributed and (args.spec is not None or args.hyper or len(models) > 1 or seeds):
+            raise UserError(
+                f"{', '.join(distributed)}: for a single run only (one --model, no --spec, "
+                "--hyper or --seeds)"
+            )
         if args.spec is not None:
             _experiment(parser, args, seeds, overrides)
         elif given := [f"--{k}" for k in _EXPERIMENT_ONLY if getattr(args, k) not in (None, False)]:
@@ -151,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config_files,
                 cmd_args=overrides,
                 resume=args.resume,
+                nproc=args.nproc,
+                world_size=args.world_size,
+                ip=args.ip,
+                port=args.port,
+                group_offset=args.group_offset,
             )
     except UserError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

@@ -48,6 +48,7 @@ from recbole_flame.config.rules import (
 from recbole_flame.data.dense import DENSE_WINDOWS
 from recbole_flame.model.layers.attention import ATTENTION_IMPLS
 from recbole_flame.model.layers.sequence import POSITION_ALIGNMENTS, TRAIN_MODES
+from recbole_flame.utils.distributed import BACKENDS
 from recbole_flame.utils.errors import ConfigError
 
 
@@ -326,6 +327,9 @@ COMMON_RULES: dict[str, Rule] = {
     "log_wandb": boolean(),
     "wandb_project": text(),
     "shuffle": boolean(),
+    # distributed training
+    "ddp_backend": one_of(*BACKENDS, none=True),
+    "ddp_timeout": integer(),
     # training
     "epochs": integer(lo=0),  # 0: evaluate the initial model (FLAME: a given frozen network)
     "train_batch_size": integer(),
@@ -576,7 +580,7 @@ _RUNTIME_KEYS = frozenset(
 _CLI_OPTIONS = frozenset(
     """
     model dataset config_files hyper trials cpus_per_trial gpus_per_trial max_concurrent
-    ray_address output_dir name resume seeds
+    ray_address output_dir name resume seeds group_offset
     """.split()
 )
 MIN_SUGGEST_LENGTH = 4  # shorter keys sit one edit from too many others to suggest anything

@@ -24,6 +24,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_flame.config.checks import check_config_values, check_user_keys
+from recbole_flame.utils import distributed
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.paths import dataset_yaml_files, profile_file, properties_dir
 from recbole_flame.utils.registry import available_models, canonical_model_name, get_model
@@ -253,8 +254,18 @@ class Config(RecBoleConfig):
             )
 
     def _init_device(self) -> None:
-        super()._init_device()
         final = self.final_config_dict
+        if "local_rank" in final:
+            # One process of a distributed run (set by utils.distributed.launch): RecBole's
+            # setup hard-codes the nccl backend; this one takes ddp_backend and a timeout.
+            gpu_id = final["gpu_id"]
+            if isinstance(gpu_id, tuple):
+                gpu_id = ",".join(map(str, gpu_id))
+            final["gpu_id"] = str(gpu_id)
+            os.environ["CUDA_VISIBLE_DEVICES"] = final["gpu_id"]
+            distributed.init_process(final)
+        else:
+            super()._init_device()
         # RecBole's overall.yaml says use_gpu: True whatever the machine has; say what runs.
         final["use_gpu"] = final["device"].type == "cuda"
         asked = self.external_config_dict.get("gpu_id")

@@ -26,6 +26,14 @@ NEUTRAL_KEYS: frozenset[str] = frozenset(
         "worker",
         "single_spec",
         "local_rank",
+        # how many processes train it, and how they meet (the global batch is the same)
+        "nproc",
+        "world_size",
+        "offset",
+        "ip",
+        "port",
+        "ddp_backend",
+        "ddp_timeout",
         # how verbosely it runs
         "state",
         "show_progress",

@@ -7,19 +7,22 @@ and the summary the engine computes from its result files, the learning-curve an
 accuracy-compute plots under ``docs/img/``, and every headline in README.md and the docs pages:
 the text between ``<!-- h:NAME -->`` and ``<!-- /h -->``, from the ``headline`` entry of spec
 NAME (``{run: A, against: B, metric: ndcg@20}``; ``against_as`` names B in the text;
-``form: ratio`` for "0.94 of B's"). ``--check``
+``form: ratio`` for "0.94 of B's"), and the micro-benchmark tables between
+``<!-- micro:NAME -->`` and ``<!-- /micro -->`` from their result files. ``--check``
 only says whether all of it is current (the test suite runs it). No number is typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+from recbole_flame.experiment.output import markdown_table
 from recbole_flame.experiment.spec import load_spec, parked_file, result_file, slug
 from recbole_flame.experiment.summary import load_records, summarize
 from recbole_flame.utils.errors import UserError
@@ -241,6 +244,70 @@ def with_headlines(text: str, root: Path) -> str:
     return HEADLINE.sub(fill, text)
 
 
+MICRO = re.compile(r"<!-- micro:([a-z_]+) -->(.*?)<!-- /micro -->", re.S)
+MICRO_RESULTS = Path("benchmarks") / "results" / "micro"
+
+
+def distributed_table(report: dict[str, Any]) -> str:
+    """The table of ``benchmarks/micro/distributed.py``'s result."""
+    rows = []
+    for name, entry in report["runs"].items():
+        dataset, model = name.split("/")
+        gather = entry["flame_gather_s"]
+        rows.append(
+            [
+                dataset,
+                model,
+                entry["trainable_parameters"],
+                entry["one_process_step_s"],
+                entry["two_process_step_s"],
+                entry["ratio"],
+                entry["grad_allreduce_s"],
+                gather if gather is not None else "-",
+                entry["communication_share"],
+            ]
+        )
+    headers = [
+        "dataset",
+        "model",
+        "trainable parameters",
+        f"1 process x {report['threads_one_process']} threads: s/step",
+        f"2 processes x {report['threads_per_rank']} thread(s): s/step",
+        "2 / 1",
+        "gradient all-reduce s",
+        "FLAME gather s",
+        "communication / 2-process step",
+    ]
+    machine = report.get("machine") or {}
+    note = (
+        f"\n\n`{report.get('command', '?')}` at commit {str(report.get('commit', '?'))[:7]}: "
+        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}, "
+        f"{report.get('wall_seconds', 0):.0f} s"
+    )
+    return markdown_table(headers, rows) + note
+
+
+#: marker name -> (result file under benchmarks/results/micro, renderer)
+MICRO_TABLES: dict[str, tuple[str, Any]] = {
+    "distributed": ("distributed/result.json", distributed_table),
+}
+
+
+def with_micro_tables(text: str, root: Path) -> str:
+    """``text`` with every micro-benchmark marker's table regenerated from its result file."""
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in MICRO_TABLES:
+            raise UserError(f"micro-benchmark marker names no table: {name}")
+        file, render = MICRO_TABLES[name]
+        path = root / MICRO_RESULTS / file
+        body = render(json.loads(path.read_text())) if path.is_file() else "not measured yet"
+        return f"<!-- micro:{name} -->\n{body}\n<!-- /micro -->"
+
+    return MICRO.sub(fill, text)
+
+
 def headline_pages(root: Path) -> list[Path]:
     """README.md and every docs page (the ones with a headline marker are rewritten)."""
     return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
@@ -320,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in headline_pages(root):
         if path.is_file() and path not in wanted:
             text = path.read_text(encoding="utf-8")
-            if HEADLINE.search(text):
-                wanted[path] = with_headlines(text, root)
+            if HEADLINE.search(text) or MICRO.search(text):
+                wanted[path] = with_micro_tables(with_headlines(text, root), root)
     stale = [
         path
         for path, text in wanted.items()

@@ -43,6 +43,7 @@ from recbole_flame.model.authors_sasrec import (
 from recbole_flame.model.layers.packing import PackedBatch
 from recbole_flame.model.layers.sequence import dense_step_mask, first_trained_step, trim_batch
 from recbole_flame.model.sasrec import SASRec
+from recbole_flame.utils import distributed
 from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint, read_torch_file
 from recbole_flame.utils.errors import CheckpointError, ConfigError
 
@@ -338,7 +339,8 @@ class FLAME(SequentialRecommender):
         every = ["".join(p) for p in itertools.product("lf", repeat=self.n_modules)]
         if self.n_paths is None or int(self.n_paths) >= len(every):
             return every
-        return sorted(random.sample(every, int(self.n_paths)))
+        # the same draw on every rank of a distributed run (rank 0's), as one process draws
+        return distributed.broadcast_object(sorted(random.sample(every, int(self.n_paths))))
 
     def path_outputs(
         self,
@@ -418,9 +420,14 @@ class FLAME(SequentialRecommender):
         if self.dense:
             trained = dense_step_mask(item_seq_len, item_seq.size(1), first_step)
             outputs = {p: out[trained] for p, out in outputs.items()}
+        if self.training:
+            # A distributed run aligns over the global batch: every rank's outputs (with their
+            # gradients), so the negatives and pair weights are those of one process.
+            outputs = {p: distributed.gather_rows(out) for p, out in outputs.items()}
         n = next(iter(outputs.values())).size(0)
-        if n > self.cl_group_size:  # random groups, one draw shared by every pair
-            groups = list(torch.randperm(n, device=item_seq.device).split(self.cl_group_size))
+        if n > self.cl_group_size:  # random groups, one draw shared by every pair (and rank)
+            perm = distributed.broadcast_tensor(torch.randperm(n, device=item_seq.device))
+            groups = list(perm.split(self.cl_group_size))
         else:
             groups = [torch.arange(n, device=item_seq.device)]
         views = list(outputs.values())

@@ -20,6 +20,7 @@ from recbole_flame.data.datasets import (
     dataset_source,
     provide_dataset,
 )
+from recbole_flame.utils import distributed
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.registry import available_models, get_model, get_trainer
 
@@ -54,25 +55,28 @@ def check_train_mode(config: Config) -> None:
 
 def reset_logging(config: Config) -> None:
     """RecBole's ``init_logger`` uses ``logging.basicConfig``, which does nothing once the root
-    logger has handlers; drop ours so each run logs to its own file."""
+    logger has handlers; drop ours so each run logs to its own file. In a distributed run only
+    rank 0 has a log file; the others print errors to stderr."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    init_logger(config)
+    if distributed.is_main():
+        init_logger(config)
+    else:
+        root.addHandler(logging.StreamHandler())
+        root.setLevel(logging.ERROR)
 
 
-def prepare(
+def checked_config(
     model: str,
     dataset: str,
     config_file_list: Sequence[str] | None = None,
     config_dict: dict[str, Any] | None = None,
     cmd_args: Sequence[str] | None = None,
-):
-    """Config, logger, dataset, splits, model and trainer, ready to ``fit``.
-
-    Returns ``(config, model, trainer, (train_data, valid_data, test_data))``.
-    """
+) -> tuple[Config, str]:
+    """The run's config once every check that needs no loaded data has passed, and where its
+    dataset comes from (provided at ``data_path`` by now)."""
     config = Config(
         model=model,
         dataset=dataset,
@@ -88,6 +92,21 @@ def prepare(
     check_headers(config)  # a header without name:type fields or another separator: one line
     check_time_field(config)  # a sequential model on data without a time column: one line
     provided = provide_dataset(config)  # at data_path, the bundled copy, or RecBole's download
+    return config, provided
+
+
+def prepare(
+    model: str,
+    dataset: str,
+    config_file_list: Sequence[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    cmd_args: Sequence[str] | None = None,
+):
+    """Config, logger, dataset, splits, model and trainer, ready to ``fit``.
+
+    Returns ``(config, model, trainer, (train_data, valid_data, test_data))``.
+    """
+    config, provided = checked_config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
     reset_logging(config)
     logger = getLogger()
@@ -98,7 +117,9 @@ def prepare(
     data = create_dataset(config)
     if config["history_limit"]:
         dropped = apply_history_limit(data, config["history_limit"])
-        logger.info(f"history_limit {config['history_limit']}: dropped {dropped} older interactions")
+        logger.info(
+            f"history_limit {config['history_limit']}: dropped {dropped} older interactions"
+        )
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     if config["train_mode"] == "dense":
@@ -122,10 +143,21 @@ def run(
     cmd_args: Sequence[str] | None = None,
     callback_fn: Callable[[int, float], None] | None = None,
     resume: str | os.PathLike | None = None,
-) -> dict[str, Any]:
+    nproc: int = 1,
+    world_size: int = -1,
+    ip: str = "localhost",
+    port: int | str = 5678,
+    group_offset: int = 0,
+) -> dict[str, Any] | None:
     """Train ``model`` on ``dataset`` with early stopping on validation, then test the
     best-validation model. ``resume``: a run's ``-last.pth`` state to continue from (the same
     settings; ``epochs`` may grow).
+
+    ``nproc``, ``world_size``, ``ip``, ``port``, ``group_offset``: RecBole's ``run`` options
+    for one run over several processes (``nproc`` on this machine; ``world_size`` in all, the
+    processes of this machine being ranks ``group_offset`` on). ``train_batch_size`` is the
+    global batch; each process trains on its share. Returns global rank 0's result (None on
+    the other machines); ``callback_fn`` is not called then.
 
     Returns RecBole's result dict (``best_valid_score``, ``valid_score_bigger``,
     ``best_valid_result``, ``test_result``) plus ``model``, ``dataset``, ``checkpoint`` (the
@@ -134,10 +166,32 @@ def run(
     ``elapsed_seconds_to_best``, ...) and ``resume_file``. ``callback_fn(epoch, valid_score)`` is
     called after each validation.
     """
+    if nproc != 1 or world_size > 0:
+        config, _ = checked_config(model, dataset, config_file_list, config_dict, cmd_args)
+        world = distributed.check_launch(nproc, world_size, group_offset, ip, port)
+        distributed.check_gpus(config["gpu_id"] if config["use_gpu"] else "", nproc)
+        return distributed.launch(
+            _run_process,
+            (model, dataset, config_file_list, saved, cmd_args, resume),
+            dict(config_dict or {}),
+            nproc,
+            world,
+            ip,
+            port,
+            group_offset,
+        )
     config, _net, trainer, data = prepare(model, dataset, config_file_list, config_dict, cmd_args)
     if resume:
         trainer.resume_checkpoint(resume)
     return train_and_test(config, trainer, data, saved=saved, callback_fn=callback_fn)
+
+
+def _run_process(model, dataset, config_file_list, saved, cmd_args, resume, config_dict):
+    """One process of a distributed :func:`run`."""
+    config, _net, trainer, data = prepare(model, dataset, config_file_list, config_dict, cmd_args)
+    if resume:
+        trainer.resume_checkpoint(resume)
+    return train_and_test(config, trainer, data, saved=saved)
 
 
 def train_and_test(

@@ -14,6 +14,7 @@ import torch
 
 from recbole_flame.model.canet import route_name, route_summary
 from recbole_flame.trainer.trainer import Trainer
+from recbole_flame.utils import distributed
 from recbole_flame.utils.timing import interleaved_medians
 
 
@@ -32,6 +33,7 @@ class CANetTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.reset_train_route_stats()
         losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self.model.merge_rank_route_stats()
         train = self.model.train_route_stats()
         self.route_history.append({"epoch": epoch_idx + 1, "train": train})
         if train["users"]:
@@ -65,6 +67,10 @@ class CANetTrainer(Trainer):
             show_progress=show_progress,
         )
         if result is not None:
+            if distributed.is_distributed():  # every rank's users (the sampler's padding too)
+                merged = distributed.sum_counts(self.model.route_counts)
+                self.model.route_counts.clear()
+                self.model.route_counts.update(merged)
             ratio = self.model.flops_ratio()
             self.last_flops_ratio = ratio
             if ratio is not None:

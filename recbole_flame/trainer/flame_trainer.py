@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from recbole_flame.model.flame import check_frozen_checkpoint
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.trainer import stage1_cache
 from recbole_flame.trainer.trainer import Trainer
+from recbole_flame.utils import distributed
 from recbole_flame.utils.checkpoint import atomic_save, load_checkpoint, plain
 
 
@@ -44,22 +46,32 @@ class FLAMETrainer(Trainer):
             self.stage1_source = "given"
             return str(given)
         path = self.stage1_path()
-        with stage1_cache.file_lock(path.with_name(path.name + ".lock")):
-            if path.is_file():
+        # In a distributed run rank 0 alone holds the lock and looks for a cached stage 1; the
+        # others follow its decision (and all train together if there is none).
+        main = distributed.is_main()
+        lock = stage1_cache.file_lock(path.with_name(path.name + ".lock"))
+        with lock if main else contextlib.nullcontext():
+            cached = self._cached_stage1(path) if main else None
+            cached = distributed.broadcast_object(cached)
+            if cached is not None:
                 self.stage1_source = "cache"
-                self.logger.info(f"FLAME stage 1: reusing cached backbone {path}")
-                return str(path)
-            older = stage1_cache.compatible_cache(self.config, path)
-            if older is not None:
-                self.stage1_source = "cache"
-                self.logger.info(
-                    f"FLAME stage 1: reusing cached backbone {older}, written by an earlier "
-                    "version of this package with the same settings"
-                )
-                return str(older)
+                return cached
             self.stage1_source = "trained"
             self._train_backbone(path, train_data, valid_data, show_progress)
         return str(path)
+
+    def _cached_stage1(self, path: Path) -> str | None:
+        if path.is_file():
+            self.logger.info(f"FLAME stage 1: reusing cached backbone {path}")
+            return str(path)
+        older = stage1_cache.compatible_cache(self.config, path)
+        if older is not None:
+            self.logger.info(
+                f"FLAME stage 1: reusing cached backbone {older}, written by an earlier "
+                "version of this package with the same settings"
+            )
+            return str(older)
+        return None
 
     def _train_backbone(self, path: Path, train_data, valid_data, show_progress: bool) -> None:
         epochs = stage1_cache.stage1_epochs(self.config)
@@ -77,9 +89,10 @@ class FLAMETrainer(Trainer):
         trainer.final_model_file = str(path)
         # stage 1 is a TensorBoard run of its own, beside stage 2's (the same name + -stage1)
         trainer.tensorboard.close()
-        trainer.tensorboard = SummaryWriter(f"{self.tensorboard.log_dir}-stage1")
+        if distributed.is_main():
+            trainer.tensorboard = SummaryWriter(f"{self.tensorboard.log_dir}-stage1")
         trainer.resume_file = str(path.with_name(f".{path.name}.last"))
-        if os.path.isfile(trainer.resume_file):
+        if distributed.broadcast_object(os.path.isfile(trainer.resume_file)):
             trainer.resume_checkpoint(trainer.resume_file, check_settings=False)
             self.logger.info(f"FLAME stage 1: resuming from epoch {trainer.start_epoch + 1}")
         try:
@@ -88,21 +101,28 @@ class FLAMETrainer(Trainer):
             )
         finally:
             trainer.tensorboard.close()
-        state = load_checkpoint(partial)
-        state["stage1_key"] = stage1_cache.stage1_key(self.config)
-        state["best_valid_result"] = plain(best_valid)
-        state["learning_curve"] = plain(trainer.learning_curve())
-        atomic_save(state, path)
-        for leftover in (partial, Path(trainer.resume_file)):
-            leftover.unlink(missing_ok=True)
+        curve = plain(trainer.learning_curve())
+        if distributed.is_main():
+            state = load_checkpoint(partial)
+            state["stage1_key"] = stage1_cache.stage1_key(self.config)
+            state["best_valid_result"] = plain(best_valid)
+            state["learning_curve"] = curve
+            atomic_save(state, path)
+            for leftover in (partial, Path(trainer.resume_file)):
+                leftover.unlink(missing_ok=True)
         self.stage1_valid_result = dict(best_valid or {})
-        self.stage1_curve = state["learning_curve"]
+        self.stage1_curve = curve
         self.logger.info(f"FLAME stage 1: best valid {best_valid}; saved {path}")
 
     def load_frozen(self, path: str, dataset) -> None:
         n_items = self.model.learnable.item_embedding.num_embeddings
         tokens = dataset.field2id_token[dataset.iid_field]
-        checkpoint = check_frozen_checkpoint(self.config, path, n_items=n_items, id_tokens=tokens)
+        checkpoint = None
+        if distributed.is_main():  # read once and handed to the other ranks
+            checkpoint = check_frozen_checkpoint(
+                self.config, path, n_items=n_items, id_tokens=tokens
+            )
+        checkpoint = distributed.broadcast_object(checkpoint)
         self.model.load_frozen(checkpoint["state_dict"])
         if self.stage1_valid_result is None and checkpoint.get("best_valid_result"):
             self.stage1_valid_result = dict(checkpoint["best_valid_result"])

@@ -16,6 +16,7 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import get_local_time
 
 from recbole_flame.config.neutral import NEUTRAL_KEYS
+from recbole_flame.utils import distributed
 from recbole_flame.utils.checkpoint import (
     atomic_save,
     first_mismatch,
@@ -87,8 +88,19 @@ class RunStateMixin:
     """
 
     def __init__(self, config, model) -> None:
-        super().__init__(config, model)
-        name = f"{config['model']}-{get_local_time()}-{uuid.uuid4().hex[:6]}.pth"
+        if config["single_spec"]:
+            super().__init__(config, model)
+        else:
+            with distributed.as_single_process(config):
+                super().__init__(config, model)
+            self.model = distributed.sync_batch_norm(self.model, self.device)
+            self.distributed_model = distributed.wrap_model(self.model, self.device)
+            # metrics from every rank's rows at once: one process's, exactly
+            self.eval_collector = distributed.GatheringCollector(self.eval_collector)
+        # the file names of rank 0, which alone writes (the others keep the best in memory)
+        name = distributed.broadcast_object(
+            f"{config['model']}-{get_local_time()}-{uuid.uuid4().hex[:6]}.pth"
+        )
         self.saved_model_file = os.path.join(self.checkpoint_dir, name)
         # The state to resume from: rewritten after every validation (model, optimizer,
         # early-stopping state, learning curve, random generators).
@@ -143,9 +155,7 @@ class RunStateMixin:
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
-        if not self._persist:
+        if not self._persist or not distributed.is_main():
             self._best_in_memory = {
                 k: v.detach().clone() for k, v in self.model.state_dict().items()
             }
@@ -161,6 +171,8 @@ class RunStateMixin:
         # run beside each real one); write the same summaries into this run's own folder.
         from torch.utils.tensorboard.summary import hparams
 
+        if not distributed.is_main():  # rank 0 alone writes TensorBoard
+            return
         writer = self.tensorboard
 
         def add_hparams(hparam_dict, metric_dict):
@@ -186,7 +198,9 @@ class RunStateMixin:
         return checkpoint
 
     def resume_state(self, epoch: int, train_data) -> dict[str, Any]:
-        """:meth:`checkpoint_state` plus what a resumed run needs to go on exactly."""
+        """:meth:`checkpoint_state` plus what a resumed run needs to go on exactly (in a
+        distributed run, called on every rank: each rank's random generators are kept)."""
+        rng = rng_state(getattr(train_data, "generator", None))
         return {
             **self.checkpoint_state(epoch),
             "best_valid_result": plain(self.best_valid_result),
@@ -195,7 +209,8 @@ class RunStateMixin:
             "epoch_train_seconds": list(self.epoch_train_seconds),
             "elapsed_seconds": self.elapsed_seconds(),
             "stopped_early": self.stopped_early,
-            "rng": rng_state(getattr(train_data, "generator", None)),
+            "rng": rng,
+            "rng_ranks": distributed.gather_objects(rng) if distributed.is_distributed() else None,
             "extras": plain(self.result_extras()),
         }
 
@@ -221,7 +236,9 @@ class RunStateMixin:
         self.epoch_train_seconds = list(checkpoint["epoch_train_seconds"])
         self._elapsed_before = float(checkpoint["elapsed_seconds"])
         self.stopped_early = bool(checkpoint.get("stopped_early", False))
-        self._pending_rng = checkpoint["rng"]
+        ranks = checkpoint.get("rng_ranks")
+        same_world = ranks is not None and len(ranks) == distributed.world_size()
+        self._pending_rng = ranks[distributed.rank()] if same_world else checkpoint["rng"]
         self.restore_extras(checkpoint.get("extras") or {})
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
@@ -280,7 +297,7 @@ class RunStateMixin:
             if self._persist:
                 if len(self.valid_history) == 1:
                     self.logger.info(f"Run state after each validation: {self.resume_file}")
-                atomic_save(self.resume_state(epoch_idx, train_data), self.resume_file)
+                self._save_resume_state(epoch_idx, train_data)
             if callback_fn is not None:
                 callback_fn(epoch_idx, valid_score)
 
@@ -302,9 +319,13 @@ class RunStateMixin:
             raise TrainingInterrupted(self.resume_file if done else None) from exc
         self.stopped_early = self.cur_step > self.stopping_step
         if self._persist and self.valid_history:
-            last = self.valid_history[-1]["epoch"] - 1
-            atomic_save(self.resume_state(last, train_data), self.resume_file)
+            self._save_resume_state(self.valid_history[-1]["epoch"] - 1, train_data)
         return result
+
+    def _save_resume_state(self, epoch: int, train_data) -> None:
+        state = self.resume_state(epoch, train_data)  # on every rank: it gathers their generators
+        if distributed.is_main():
+            atomic_save(state, self.resume_file)
 
     def learning_curve(self) -> dict[str, Any]:
         """The validation curve and when the best score was first reached (``best_epoch``).
@@ -328,15 +349,23 @@ class RunStateMixin:
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model:
-            if model_file is not None or (self._persist and os.path.isfile(self.saved_model_file)):
+            on_disk = self._persist and distributed.is_main()
+            if model_file is not None or (on_disk and os.path.isfile(self.saved_model_file)):
                 path = model_file or self.saved_model_file
                 self.load_weights(path)
                 self.logger.info(f"Loading model structure and parameters from {path}")
             elif self._best_in_memory is not None:
                 self.model.load_state_dict(self._best_in_memory)
+        if eval_data and isinstance(self.eval_collector, distributed.GatheringCollector):
+            self.eval_collector.sampler = eval_data.sampler
         return super().evaluate(
             eval_data, load_best_model=False, model_file=None, show_progress=show_progress
         )
+
+    def _map_reduce(self, result, num_sample):
+        # RecBole averages the ranks' rounded metrics here; ours are already computed from all
+        # ranks' rows (distributed.GatheringCollector).
+        return result
 
     def validation_extras(self) -> dict[str, Any]:
         """Model-specific entries for each validation's learning-curve point (none by default)."""

@@ -13,6 +13,7 @@ from recbole.model.layers import TransformerEncoder
 from torch import nn
 
 from recbole_flame.model.canet.routes import Route, route_name, route_summary
+from recbole_flame.utils import distributed
 
 if TYPE_CHECKING:
     from recbole.config import Config
@@ -161,6 +162,20 @@ class RouterMixin:
         )
         summary["counts"] = counts
         return summary
+
+    def merge_rank_route_stats(self) -> None:
+        """In a distributed run, every rank's training routes since the reset, so the
+        statistics are the global batch's (nothing to do in one process)."""
+        if not distributed.is_distributed():
+            return
+        parts = distributed.gather_objects(
+            (self._train_counts.tolist(), self._train_entropy_sum, self._train_rows)
+        )
+        self._train_counts = torch.tensor(
+            [sum(c) for c in zip(*(p[0] for p in parts), strict=True)]
+        )
+        self._train_entropy_sum = sum(p[1] for p in parts)
+        self._train_rows = sum(p[2] for p in parts)
 
     def _count_training_routes(self, index: torch.Tensor, logits: torch.Tensor) -> None:
         with torch.no_grad():
