@@ -278,6 +278,18 @@ def test_nccl_on_the_cpu_is_one_line():
     assert distributed.choose_backend(None, torch.device("cuda", 0)) == "nccl"
 
 
+def test_bad_process_counts_through_the_cli_are_one_line(capsys):
+    from recbole_flame.cli import main
+
+    for argv, fragment in (
+        (["--model=SASRec", "--nproc=0"], "--nproc=0: give 1 or more processes"),
+        (["--model=SASRec", "--nproc=2", "--world_size=1"], "does not add up"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0]
+
+
 def test_the_cli_refuses_distributed_options_beside_a_comparison(capsys):
     from recbole_flame.cli import main
 

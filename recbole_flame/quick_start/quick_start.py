@@ -167,8 +167,8 @@ def run(
     called after each validation.
     """
     if nproc != 1 or world_size > 0:
-        config, _ = checked_config(model, dataset, config_file_list, config_dict, cmd_args)
         world = distributed.check_launch(nproc, world_size, group_offset, ip, port)
+        config, _ = checked_config(model, dataset, config_file_list, config_dict, cmd_args)
         distributed.check_gpus(config["gpu_id"] if config["use_gpu"] else "", nproc)
         return distributed.launch(
             _run_process,
