@@ -180,18 +180,19 @@ def run(
             port,
             group_offset,
         )
+    return _run_process(
+        model, dataset, config_file_list, saved, cmd_args, resume, config_dict, callback_fn
+    )
+
+
+def _run_process(
+    model, dataset, config_file_list, saved, cmd_args, resume, config_dict, callback_fn=None
+):
+    """:func:`run` in this process: the only one, or one process of a distributed run."""
     config, _net, trainer, data = prepare(model, dataset, config_file_list, config_dict, cmd_args)
     if resume:
         trainer.resume_checkpoint(resume)
     return train_and_test(config, trainer, data, saved=saved, callback_fn=callback_fn)
-
-
-def _run_process(model, dataset, config_file_list, saved, cmd_args, resume, config_dict):
-    """One process of a distributed :func:`run`."""
-    config, _net, trainer, data = prepare(model, dataset, config_file_list, config_dict, cmd_args)
-    if resume:
-        trainer.resume_checkpoint(resume)
-    return train_and_test(config, trainer, data, saved=saved)
 
 
 def train_and_test(

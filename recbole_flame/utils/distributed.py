@@ -183,7 +183,7 @@ def launch(
         messages = _drain(queue, "error")
         if messages:
             raise UserError(messages[0]) from None
-        raise UserError(f"a process of the run stopped: {_first_line(str(exc))}") from None
+        raise UserError(f"a process of the run stopped: {_last_line(str(exc))}") from None
     results = _drain(queue, "result")
     return results[0] if results else None
 
@@ -201,7 +201,7 @@ def _process_main(local_rank, target, args, settings, queue) -> None:
         raise SystemExit(2) from None
     except Exception as exc:
         queue.put(
-            ("error", f"rank {global_rank} failed: {type(exc).__name__}: {_first_line(str(exc))}")
+            ("error", f"rank {global_rank} failed: {type(exc).__name__}: {_last_line(str(exc))}")
         )
         raise
     finally:
@@ -221,7 +221,8 @@ def _drain(queue, kind: str) -> list[Any]:
     return found
 
 
-def _first_line(text: str, limit: int = 300) -> str:
+def _last_line(text: str, limit: int = 300) -> str:
+    """A traceback's last line (its exception), shortened to ``limit``."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[-1] if lines else text
     return line if len(line) <= limit else line[: limit - 3] + "..."
