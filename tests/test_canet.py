@@ -208,6 +208,28 @@ def test_evaluation_routes_deterministically_and_grouping_equals_per_user(canet)
             model.blocks[0].ffn_in.weight.div_(1.5)
 
 
+def test_inference_chunks_end_at_depth_changes_halved_lengths_and_the_cap() -> None:
+    """Hand-worked chunks: rows sorted by depth, then length, decreasing."""
+    from recbole_flame.model.canet.scoring import chunk_sizes
+
+    depths = [4, 4, 4, 4, 4, 2, 2, 2]
+    lengths = [50, 30, 25, 24, 3, 9, 5, 4]
+    # 25 <= 50 / 2 ends the first chunk; 3 <= 25 / 2 the second; depth 2 starts the fourth;
+    # 4 <= 9 / 2 the fifth
+    assert chunk_sizes(depths, lengths, None) == [2, 2, 1, 2, 1]
+    assert chunk_sizes(depths, lengths, 1) == [1] * 8
+    assert chunk_sizes([1, 1, 1], [7, 7, 7], 2) == [2, 1]
+    assert chunk_sizes([3], [1], None) == [1]
+    # every chunk pads its rows to at most twice their own length
+    for sizes in (chunk_sizes(depths, lengths, None), chunk_sizes(depths, lengths, 3)):
+        start = 0
+        for size in sizes:
+            chunk = lengths[start : start + size]
+            assert max(chunk) < 2 * min(chunk)
+            assert len(set(depths[start : start + size])) == 1
+            start += size
+
+
 def test_extra_right_padding_leaves_scores_unchanged(canet):
     _, model, test_data = canet
     batch = next(iter(test_data))[0]

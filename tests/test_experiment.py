@@ -282,3 +282,49 @@ def test_milestones_give_the_first_epoch_reaching_each_score(tmp_path):
     head = next(i for i, line in enumerate(lines) if "first epoch at valid 0.05" in line)
     row = lines[head + 2]
     assert [c.strip() for c in row.strip("|").split("|")][2:] == ["1", "3", "-"]
+
+
+def test_authors_curve_reads_their_log_and_tabulates_both_curves() -> None:
+    """Their train.py's log format (read from their print statements), percent to fractions,
+    the test block ignored; the table pairs epochs of the two curves."""
+    import importlib.util
+
+    from recbole_flame.experiment.report import authors_curve_table
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "micro" / "authors_curve.py"
+    spec = importlib.util.spec_from_file_location("authors_curve", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = "\n".join(
+        [
+            "[Epoch   1] Train ( 812.50s) | Loss    : 17.2500",
+            "            Val   (  30.10s) | HR@1    :  0.40",
+            "                            | HR@20   :  6.25",
+            "                            | NDCG@20 :  1.50",
+            "[Epoch   2] Train ( 800.00s) | Loss    : 15.0000",
+            "            Val   (  30.00s) | HR@20   :  8.00",
+            "                            | NDCG@20 :  2.25",
+            "",
+            "Loading best model from epoch 2...",
+            "            Test  (  30.00s) | HR@20   :  9.99",
+            "                            | NDCG@20 :  9.99",
+        ]
+    )
+    epochs = module.parse_authors_log(log)
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[0]["loss"] == 17.25 and epochs[0]["train_seconds"] == 812.5
+    assert math.isclose(epochs[0]["valid"]["ndcg@20"], 0.015)
+    assert math.isclose(epochs[0]["valid"]["hr@1"], 0.004)
+    # the test block after the last epoch is not a validation
+    assert math.isclose(epochs[1]["valid"]["ndcg@20"], 0.0225)
+    assert math.isclose(epochs[1]["valid"]["hr@20"], 0.08)
+    report = {
+        "authors": epochs,
+        "ours": [
+            {"epoch": 1, "valid": {"ndcg@20": 0.0155, "hit@20": 0.05}},
+            {"epoch": 2, "valid": {"ndcg@20": 0.0212, "hit@20": 0.06}},
+        ],
+        "seed": 42,
+    }
+    rows = [line for line in authors_curve_table(report).splitlines() if line.startswith("| 2 ")]
+    assert rows == ["| 2 | 0.0225 | 0.0212 | 0.08 | 0.06 | 15 |"]

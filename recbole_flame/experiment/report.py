@@ -64,7 +64,7 @@ def status(spec: dict[str, Any], out_dir: Path) -> tuple[str, int, int]:
 
 # --- plots -----------------------------------------------------------------------------------
 def _curve(history: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
-    return [h["epoch"] + 1 for h in history], [h["valid_score"] for h in history]
+    return [h["epoch"] for h in history], [h["valid_score"] for h in history]
 
 
 def _valid_metric(records: dict[str, dict[int, dict]]) -> str:
@@ -165,7 +165,7 @@ def plot_dense(root: Path, path: Path) -> bool:
 def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
     """CANet's accuracy against its FLOPs ratio (the full route is 1), with the full supernet
     and the other runs of each CANet experiment (a run without a FLOPs ratio is drawn at 1: a
-    model of the full route's size)."""
+    model of the full route's size; runs labelled ``static ...`` are joined into one line)."""
     points = []
     for spec in specs(root):
         if not any(r.get("model") == "CANet" for r in spec["runs"].values()):
@@ -177,7 +177,13 @@ def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
     if not points:
         return False
     fig, (ax,) = _figure(1, (4.6, 3.4))
-    for i, (label, ratio, value) in enumerate(points):
+    # Sub-networks trained alone at fixed routes (runs labelled "static ..."): the line a
+    # routed model has to lie above to beat a smaller model of the same cost.
+    static = sorted((r, v) for label, r, v in points if label.startswith("static"))
+    if static:
+        ax.plot(*zip(*static, strict=True), "k--", marker="s", lw=1, label="static sub-networks")
+    others = [p for p in points if not p[0].startswith("static")]
+    for i, (label, ratio, value) in enumerate(others):
         ax.scatter([ratio], [value], color=f"C{i}", label=label)
     ax.set_xlabel("FLOPs ratio (full route = 1)")
     ax.set_ylabel(f"test {metric}")
@@ -287,9 +293,90 @@ def distributed_table(report: dict[str, Any]) -> str:
     return markdown_table(headers, rows) + note
 
 
+def authors_curve_table(report: dict[str, Any]) -> str:
+    """The table of ``benchmarks/micro/authors_curve.py``'s result: per epoch, valid NDCG@20
+    and HR@20 of the authors' train.py and of our run in their recipe."""
+    theirs = {e["epoch"]: e for e in report["authors"]}
+    rows = []
+    for entry in report["ours"]:
+        epoch = entry["epoch"]
+        their = theirs.get(epoch, {"valid": {}, "loss": "-"})
+        rows.append(
+            [
+                epoch,
+                their["valid"].get("ndcg@20", "-"),
+                entry["valid"].get("ndcg@20", "-"),
+                their["valid"].get("hr@20", "-"),
+                entry["valid"].get("hit@20", "-"),
+                their["loss"],
+            ]
+        )
+    headers = [
+        "epoch",
+        "authors' train.py: valid NDCG@20",
+        "ours: valid NDCG@20",
+        "authors': valid HR@20",
+        "ours: valid HR@20",
+        "authors': train loss",
+    ]
+    machine = report.get("machine") or {}
+    note = (
+        f"\n\n`{report.get('command', '?')}` at commit {str(report.get('commit', '?'))[:7]} "
+        f"(theirs at {str(report.get('authors_commit', '?'))[:7]}), seed {report.get('seed')}, "
+        f"{report.get('threads')} thread(s), {machine.get('cpus', '?')} CPUs, torch "
+        f"{machine.get('torch', '?')}; ours from `{report.get('ours_from', '?')}`"
+    )
+    return markdown_table(headers, rows) + note
+
+
+def canet_inference_table(report: dict[str, Any]) -> str:
+    """The table of ``benchmarks/micro/canet_inference.py``'s result: median seconds per test
+    batch of each part, routed and on the full route, and the ratios under it."""
+    routed = report["paths"]["routed"]
+    full = report["paths"]["full_route"]
+    parts = sorted((set(routed["median_seconds"]) | set(full["median_seconds"])) - {"total"})
+    parts.append("total")
+    total = routed["median_seconds"]["total"]
+    rows = [
+        [
+            part,
+            routed["median_seconds"].get(part, "-"),
+            full["median_seconds"].get(part, "-"),
+            round(routed["median_seconds"].get(part, 0.0) / total, 3),
+        ]
+        for part in parts
+    ]
+    rows.append(
+        ["operator calls (first batch)", routed["ops_first_batch"], full["ops_first_batch"], "-"]
+    )
+    rows.append(
+        [
+            "GFLOP executed (first batch)",
+            routed["flops_first_batch"] / 1e9,
+            full["flops_first_batch"] / 1e9,
+            "-",
+        ]
+    )
+    headers = ["part", "routed: s per batch", "full route: s per batch", "share of routed time"]
+    shares = ", ".join(f"{name} {share:.2f}" for name, share in report["route_share"].items())
+    machine = report.get("machine") or {}
+    note = (
+        f"\n\nTime ratio routed / full {report['time_ratio']:.2f}; FLOPs ratio as CANet counts "
+        f"it (at L, router included) {report['accounted_flops_ratio']:.2f}, as executed on these "
+        f"batches {report['executed_flops_ratio']:.2f}. Routes drawn in the shares of "
+        f"`{report.get('from', '?')}`'s test histogram ({shares}); {report['batches']} batches "
+        f"of {report['batch_size']}. `{report.get('command', '?')}` at commit "
+        f"{str(report.get('commit', '?'))[:7]}: {report.get('threads')} thread(s), "
+        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}"
+    )
+    return markdown_table(headers, rows) + note
+
+
 #: marker name -> (result file under benchmarks/results/micro, renderer)
 MICRO_TABLES: dict[str, tuple[str, Any]] = {
     "distributed": ("distributed/result.json", distributed_table),
+    "authors_curve": ("authors_curve/result.json", authors_curve_table),
+    "canet_inference": ("canet_inference/result.json", canet_inference_table),
 }
 
 

@@ -16,6 +16,26 @@ import torch.nn.functional as F
 from recbole_flame.model.canet.routes import Route
 
 
+def chunk_sizes(depths: list[int], lengths: list[int], cap: int | None) -> list[int]:
+    """Sizes of the consecutive chunks that rows sorted by depth, then length, both
+    decreasing, are scored in: a chunk ends where the depth changes, where a row is at most
+    half its chunk's longest (so no chunk pads its rows to more than twice their length:
+    with row counts alone, each width's first chunk pads short rows to the batch's longest)
+    or at ``cap`` rows (``eval_chunk_size``; None: no cap)."""
+    sizes: list[int] = []
+    start = 0
+    for i in range(1, len(lengths)):
+        if (
+            depths[i] != depths[start]
+            or 2 * lengths[i] <= lengths[start]
+            or (cap is not None and i - start == cap)
+        ):
+            sizes.append(i - start)
+            start = i
+    sizes.append(len(lengths) - start)
+    return sizes
+
+
 class ScoringMixin:
     """CANet's scoring paths over the sliced weights of :class:`SupernetMixin`."""
 
@@ -104,8 +124,8 @@ class ScoringMixin:
     ) -> torch.Tensor:
         """Each row's scores at its last real step by its own route (B x N), batched by
         width: routes of one width share every block and the output layer, so their rows
-        run together, in chunks of ``eval_chunk_size`` rows sorted by depth and length, each cut
-        to its own longest sequence. Equal to :meth:`route_scores` of each row's route."""
+        run together, sorted by depth and length, in chunks (:func:`chunk_sizes`) each cut to
+        its own longest sequence. Equal to :meth:`route_scores` of each row's route."""
         table = self.route_table[index]  # B x (h, l, e)
         scores = None
         widths = table[:, 0].unique().tolist()
@@ -117,7 +137,10 @@ class ScoringMixin:
             key = table[rows, 1] * (item_seq.size(1) + 1) + item_seq_len[rows]
             rows = rows[torch.argsort(key, descending=True)]
             out = []
-            for chunk in rows.split(self.eval_chunk or rows.numel()):
+            sizes = chunk_sizes(
+                table[rows, 1].tolist(), item_seq_len[rows].tolist(), self.eval_chunk
+            )
+            for chunk in rows.split(sizes):
                 out.append((chunk, self._width_rows(item_seq, item_seq_len, chunk, hidden, table)))
             chunks = torch.cat([c for c, _ in out])
             # Back to batch order before the output layer: reordering n x h states is cheap,

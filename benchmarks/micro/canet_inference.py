@@ -1,0 +1,170 @@
+"""Where CANet's routed inference spends its time against the full route, on the same test
+batches: the router, each width group's blocks and output layer, and the bookkeeping between
+them (sorting rows, chunking, putting scores back in order), with the floating-point operations
+each part executes and the operator calls it makes.
+
+    python benchmarks/micro/canet_inference.py [--result=benchmarks/results/canet_beauty_cpu/CANet-seed1.json] \
+        [--batches=20] [--threads=N]
+
+The model is built with the configuration of ``--result`` (a finished CANet run) and its rows
+are sent to routes in the proportions of that run's test route histogram (drawn per row, seed
+0): run time depends on the routes and the sequence lengths, not on the weights' values, so
+the trained checkpoint is not needed (the trained router's link between a user's length and
+route is not kept). Both paths are this package's inference (``grouped_scores``, as
+``full_sort_predict`` runs it); the parts are timed inside those calls by wrapping the methods
+they call. Routed and full calls alternate, medians over the batches. Operator calls are the
+aten operators dispatched: on a GPU each is at least one kernel launch, a cost per call that
+does not shrink with the rows. Time with nothing else running on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from recbole_flame.experiment.micro import count_flops
+from recbole_flame.experiment.output import provenance, write_json
+from recbole_flame.experiment.report import canet_inference_table
+from recbole_flame.model.canet.routes import parse_route
+from recbole_flame.quick_start import prepare
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+class PartTimer:
+    """Wraps the model's ``_width_rows`` and ``score_hidden`` so that each call's seconds add
+    to its part (blocks or output layer, by width) of the call being timed."""
+
+    def __init__(self, model) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        for name, part, width_arg in (("_width_rows", "blocks", 3), ("score_hidden", "output", 1)):
+            original = getattr(model, name)
+            setattr(model, name, self._wrap(original, part, width_arg))
+
+    def _wrap(self, fn, part: str, width_arg: int):
+        def timed_part(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.seconds[f"{part} h{args[width_arg]}"] += time.perf_counter() - start
+            return out
+
+        return timed_part
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--result", default="benchmarks/results/canet_beauty_cpu/CANet-seed1.json")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--eval_chunk_size", type=int, help="default: CANet.yaml's")
+    parser.add_argument("--out", default="benchmarks/results/micro/canet_inference/result.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    record = json.loads(Path(args.result).read_text())
+    counts = record["result"]["route_counts"]
+    config = {k: v for k, v in record["config"].items() if k not in ("checkpoint_dir", "data_path")}
+    config.update(show_progress=False, state="ERROR", epochs=0)
+    if args.eval_chunk_size is not None:
+        config["eval_chunk_size"] = args.eval_chunk_size
+    _, model, _, (_, _, test_data) = prepare("CANet", "amazon-beauty", config_dict=config)
+    model.eval()
+    routes = [parse_route(name) for name in counts]
+    weights = torch.tensor([counts[name] for name in counts], dtype=torch.float)
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for batch in test_data:
+        inter = batch[0]
+        seq, length = inter[model.ITEM_SEQ], inter[model.ITEM_SEQ_LEN]
+        drawn = torch.multinomial(weights, seq.size(0), replacement=True, generator=generator)
+        index = torch.tensor([model.route_index[routes[i]] for i in drawn.tolist()])
+        seq = seq[:, : int(length.max())]  # as forward cuts it
+        batches.append((seq, length, index))
+        if len(batches) == args.batches:
+            break
+    full = model.route_index[model.full_route]
+    timer = PartTimer(model)
+
+    def routed(seq, length, index) -> None:
+        start = time.perf_counter()
+        model.router_logits(seq, length)
+        timer.seconds["router"] += time.perf_counter() - start
+        model.grouped_scores(seq, length, index)
+
+    def full_route(seq, length, index) -> None:
+        model.grouped_scores(seq, length, torch.full_like(index, full))
+
+    paths = {"routed": routed, "full_route": full_route}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(2):  # warm-up: fills the sliced-weight cache, as evaluation would
+            for fn in paths.values():
+                fn(*batches[i % len(batches)])
+        for batch in batches:
+            for name, fn in paths.items():
+                timer.seconds.clear()
+                began = time.perf_counter()
+                fn(*batch)
+                total = time.perf_counter() - began
+                parts = dict(timer.seconds)
+                parts["bookkeeping"] = total - sum(parts.values())
+                parts["total"] = total
+                samples[name].append(parts)
+        ops, flops = {}, {}
+        for name, fn in paths.items():
+            with OpCounter() as counter:
+                fn(*batches[0])
+            ops[name] = counter.calls
+            flops[name] = count_flops(lambda b, fn=fn: fn(*b), batches[0])
+    report = {
+        **provenance(),
+        "from": args.result,
+        "threads": args.threads,
+        "batches": len(batches),
+        "batch_size": int(batches[0][0].size(0)),
+        "eval_chunk_size": model.eval_chunk or 0,
+        "route_share": {name: n / sum(counts.values()) for name, n in counts.items()},
+        "accounted_flops_ratio": model.flops_ratio(
+            Counter(dict(zip(routes, counts.values(), strict=True)))
+        ),
+        "paths": {},
+    }
+    for name in paths:
+        keys = sorted({k for s in samples[name] for k in s})
+        report["paths"][name] = {
+            "median_seconds": {
+                k: statistics.median(s.get(k, 0.0) for s in samples[name]) for k in keys
+            },
+            "ops_first_batch": ops[name],
+            "flops_first_batch": flops[name],
+        }
+    routed_s = report["paths"]["routed"]["median_seconds"]["total"]
+    full_s = report["paths"]["full_route"]["median_seconds"]["total"]
+    report["time_ratio"] = routed_s / full_s
+    report["executed_flops_ratio"] = flops["routed"] / flops["full_route"]
+    report["wall_seconds"] = time.perf_counter() - start
+    write_json(args.out, report)
+    print(canet_inference_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
