@@ -3,7 +3,11 @@
 the per-epoch validation of our run in their recipe (experiment ``flame_beauty_authors_prefix``,
 the same released frozen SASRec and seed), valid NDCG@20 and HR@20 epoch by epoch.
 
-    python benchmarks/micro/authors_curve.py --authors PATH [--epochs=3] [--threads=1]
+    python benchmarks/micro/authors_curve.py --authors PATH --python V/bin/python [--epochs=3] [--threads=1]
+
+``--python`` is an interpreter with their scipy (1.11, their env.yml; their evaluator indexes a
+sparse matrix with a torch tensor, which later scipy rejects): ``python -m venv V &&
+V/bin/pip install torch==2.13.0 numpy==1.26.4 scipy==1.11.4``; the script checks it first.
 
 Their script runs unchanged in a subprocess, from a temporary copy only where this Python is
 older than 3.12 (their ``train.py`` nests the same quotes in an f-string, which 3.11 cannot
@@ -53,11 +57,30 @@ def parse_authors_log(text: str) -> list[dict]:
     return epochs
 
 
-def run_authors(authors: Path, dataset: str, epochs: int, seed: int, threads: int) -> str:
-    """Their train.py's stdout for ``epochs`` epochs (raises with its stderr if it fails)."""
+#: What their evaluator does with scipy (a CSR matrix indexed by a torch tensor): scipy 1.11,
+#: their env.yml's, accepts it; later versions raise, but only after a whole training epoch.
+PREFLIGHT = (
+    "import scipy.sparse, torch; "
+    "scipy.sparse.csr_matrix((3, 2))[torch.tensor([1, 2]) - 1].toarray()"
+)
+
+
+def run_authors(
+    authors: Path, dataset: str, epochs: int, seed: int, threads: int, python: str
+) -> str:
+    """Their train.py's stdout for ``epochs`` epochs, run by ``python`` (raises with its
+    stderr if it fails)."""
     script = authors / "train.py"
     if not script.is_file():
         raise UserError(f"--authors {authors}: no train.py there; give a FLAME_SIGIR26 checkout")
+    check = subprocess.run([python, "-c", PREFLIGHT], capture_output=True, text=True)
+    if check.returncode:
+        raise UserError(
+            f"--python {python} cannot run their evaluator (a scipy sparse matrix indexed by a "
+            "torch tensor fails with its scipy); give --python an interpreter with their "
+            "scipy 1.11 (env.yml): python -m venv V && V/bin/pip install torch==2.13.0 "
+            "numpy==1.26.4 scipy==1.11.4"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         if sys.version_info < (3, 12):
             source = script.read_text().replace("{best['epoch']}", '{best["epoch"]}')
@@ -69,7 +92,7 @@ def run_authors(authors: Path, dataset: str, epochs: int, seed: int, threads: in
             "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads),
         }
-        cmd = [sys.executable, "-u", str(script), "--dataset", dataset]
+        cmd = [python, "-u", str(script), "--dataset", dataset]
         cmd += ["--num_epoch", str(epochs), "--seed", str(seed)]
         done = subprocess.run(cmd, cwd=authors, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -95,6 +118,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--python", default=sys.executable, help="the interpreter for their code (their scipy)"
+    )
+    parser.add_argument(
         "--authors_log", type=Path, help="their log saved by an earlier call (not run again)"
     )
     parser.add_argument("--out", default="benchmarks/results/micro/authors_curve/result.json")
@@ -106,7 +132,12 @@ def main() -> int:
             log = args.authors_log.read_text()
         else:
             log = run_authors(
-                args.authors.resolve(), args.dataset, args.epochs, args.seed, args.threads
+                args.authors.resolve(),
+                args.dataset,
+                args.epochs,
+                args.seed,
+                args.threads,
+                args.python,
             )
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(log)  # kept: their epochs cost the most here
@@ -121,6 +152,7 @@ def main() -> int:
         "dataset": args.dataset,
         "seed": args.seed,
         "threads": args.threads,
+        "authors_python": args.python,
         "authors_commit": subprocess.run(
             ["git", "-C", str(args.authors), "rev-parse", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
