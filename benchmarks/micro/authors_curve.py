@@ -66,10 +66,10 @@ PREFLIGHT = (
 
 
 def run_authors(
-    authors: Path, dataset: str, epochs: int, seed: int, threads: int, python: str
+    authors: Path, dataset: str, epochs: int, seed: int, threads: int, python: str, log: Path
 ) -> str:
-    """Their train.py's stdout for ``epochs`` epochs, run by ``python`` (raises with its
-    stderr if it fails)."""
+    """Their train.py's stdout for ``epochs`` epochs, run by ``python`` and written to ``log``
+    as it goes (raises with its stderr if it fails)."""
     script = authors / "train.py"
     if not script.is_file():
         raise UserError(f"--authors {authors}: no train.py there; give a FLAME_SIGIR26 checkout")
@@ -94,10 +94,14 @@ def run_authors(
         }
         cmd = [python, "-u", str(script), "--dataset", dataset]
         cmd += ["--num_epoch", str(epochs), "--seed", str(seed)]
-        done = subprocess.run(cmd, cwd=authors, env=env, capture_output=True, text=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as out:  # written as they print: an interrupted run keeps its epochs
+            done = subprocess.run(
+                cmd, cwd=authors, env=env, stdout=out, stderr=subprocess.PIPE, text=True
+            )
     if done.returncode:
         raise RuntimeError(f"their train.py failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return done.stdout
+    return log.read_text()
 
 
 def our_curve(seed: int) -> tuple[list[dict], str]:
@@ -138,9 +142,8 @@ def main() -> int:
                 args.seed,
                 args.threads,
                 args.python,
+                saved,
             )
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(log)  # kept: their epochs cost the most here
         ours, source = our_curve(args.seed)
     except (UserError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

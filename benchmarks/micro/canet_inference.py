@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -138,6 +139,8 @@ def main() -> int:
         **provenance(),
         "from": args.result,
         "threads": args.threads,
+        # other work on the machine (1-minute load average; alone, it is about the threads)
+        "load_average_before": os.getloadavg()[0],
         "batches": len(batches),
         "batch_size": int(batches[0][0].size(0)),
         "eval_chunk_size": model.eval_chunk or 0,

@@ -367,7 +367,8 @@ def canet_inference_table(report: dict[str, Any]) -> str:
         f"`{report.get('from', '?')}`'s test histogram ({shares}); {report['batches']} batches "
         f"of {report['batch_size']}. `{report.get('command', '?')}` at commit "
         f"{str(report.get('commit', '?'))[:7]}: {report.get('threads')} thread(s), "
-        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}"
+        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}, load average "
+        f"{report.get('load_average_before', '?')} before it (other work on the machine)"
     )
     return markdown_table(headers, rows) + note
 
