@@ -10,6 +10,8 @@ import os
 import statistics
 from pathlib import Path
 
+import pytest
+
 from recbole_flame.experiment.runs import park, progress_report, unpark
 from recbole_flame.experiment.spec import dig, load_spec, parked_file, result_file, run_config, slug
 from recbole_flame.experiment.summary import summarize
@@ -287,14 +289,9 @@ def test_milestones_give_the_first_epoch_reaching_each_score(tmp_path):
 def test_authors_curve_reads_their_log_and_tabulates_both_curves() -> None:
     """Their train.py's log format (read from their print statements), percent to fractions,
     the test block ignored; the table pairs epochs of the two curves."""
-    import importlib.util
-
     from recbole_flame.experiment.report import authors_curve_table
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "micro" / "authors_curve.py"
-    spec = importlib.util.spec_from_file_location("authors_curve", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _authors_curve_module()
     log = "\n".join(
         [
             "[Epoch   1] Train ( 812.50s) | Loss    : 17.2500",
@@ -328,3 +325,54 @@ def test_authors_curve_reads_their_log_and_tabulates_both_curves() -> None:
     }
     rows = [line for line in authors_curve_table(report).splitlines() if line.startswith("| 2 ")]
     assert rows == ["| 2 | 0.0225 | 0.0212 | 0.08 | 0.06 | 15 |"]
+
+
+def _authors_curve_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "micro" / "authors_curve.py"
+    spec = importlib.util.spec_from_file_location("authors_curve", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_authors_curve_stops_their_run_after_the_asked_validations(tmp_path) -> None:
+    """Their --num_epoch is also their annealing length, so the harness gives it the recipe's R
+    and stops the process itself: a stand-in train.py that prints an epoch block forever (and
+    records its argv) is stopped after the 2nd validation, with both epochs in the log."""
+    import sys
+
+    fake = tmp_path / "train.py"
+    fake.write_text(
+        "import sys, time\n"
+        "open(sys.argv[0] + '.argv', 'w').write(' '.join(sys.argv[1:]))\n"
+        "e = 0\n"
+        "while True:\n"
+        "    e += 1\n"
+        "    print(f'[Epoch {e:>3}] Train (  1.00s) | Loss    : {10 - e:>7.4f}', flush=True)\n"
+        "    print('            Val   (  1.00s) | HR@20   :  5.00', flush=True)\n"
+        "    print(f'                            | NDCG@20 :  {e:.2f}', flush=True)\n"
+        "    time.sleep(0.05)\n"
+    )
+    module = _authors_curve_module()
+    log = tmp_path / "out" / "authors_train.log"
+    cmd = [sys.executable, "-u", str(fake), "--num_epoch", "200"]
+    text = module.stream_until_validations(cmd, tmp_path, {}, log, 2)
+    epochs = module.parse_authors_log(text)
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert math.isclose(epochs[1]["valid"]["ndcg@20"], 0.02)
+    assert log.read_text() == text
+    assert (tmp_path / "train.py.argv").read_text() == "--num_epoch 200"
+
+
+def test_authors_curve_reports_a_failing_run_with_its_stderr(tmp_path) -> None:
+    import sys
+
+    fake = tmp_path / "train.py"
+    fake.write_text("import sys\nprint('Preparing...')\nsys.exit('their error here')\n")
+    module = _authors_curve_module()
+    with pytest.raises(RuntimeError, match="their error here"):
+        module.stream_until_validations(
+            [sys.executable, str(fake)], tmp_path, {}, tmp_path / "log.txt", 3
+        )

@@ -5,6 +5,10 @@ the same released frozen SASRec and seed), valid NDCG@20 and HR@20 epoch by epoc
 
     python benchmarks/micro/authors_curve.py --authors PATH --python V/bin/python [--epochs=3] [--threads=1]
 
+Their ``--num_epoch`` is also their annealing length R, so it is passed as the recipe's 200
+(``--anneal_epochs``) and their process is stopped after ``--epochs`` validations; a first
+version passed ``--num_epoch 3``, which annealed their ``lambda_r`` to 1e-5 within 3 epochs.
+
 ``--python`` is an interpreter with their scipy (1.11, their env.yml; their evaluator indexes a
 sparse matrix with a torch tensor, which later scipy rejects): ``python -m venv V &&
 V/bin/pip install torch==2.13.0 numpy==1.26.4 scipy==1.11.4``; the script checks it first.
@@ -66,10 +70,22 @@ PREFLIGHT = (
 
 
 def run_authors(
-    authors: Path, dataset: str, epochs: int, seed: int, threads: int, python: str, log: Path
+    authors: Path,
+    dataset: str,
+    epochs: int,
+    anneal_epochs: int,
+    seed: int,
+    threads: int,
+    python: str,
+    log: Path,
 ) -> str:
-    """Their train.py's stdout for ``epochs`` epochs, run by ``python`` and written to ``log``
-    as it goes (raises with its stderr if it fails)."""
+    """Their train.py's stdout up to its ``epochs``-th validation, run by ``python`` and
+    written to ``log`` as it goes (raises with its stderr if it fails).
+
+    Their ``--num_epoch`` is both the epoch cap and the annealing length R of ``lambda_r``
+    (``self.R = args.num_epoch`` in their FLAME), so it is given as ``anneal_epochs`` (the
+    recipe's 200) and the process is stopped once ``epochs`` validations are in: a run capped
+    at 3 epochs would anneal ``lambda_r`` to 1e-5 by its third."""
     script = authors / "train.py"
     if not script.is_file():
         raise UserError(f"--authors {authors}: no train.py there; give a FLAME_SIGIR26 checkout")
@@ -93,15 +109,39 @@ def run_authors(
             "MKL_NUM_THREADS": str(threads),
         }
         cmd = [python, "-u", str(script), "--dataset", dataset]
-        cmd += ["--num_epoch", str(epochs), "--seed", str(seed)]
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as out:  # written as they print: an interrupted run keeps its epochs
-            done = subprocess.run(
-                cmd, cwd=authors, env=env, stdout=out, stderr=subprocess.PIPE, text=True
-            )
-    if done.returncode:
-        raise RuntimeError(f"their train.py failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return log.read_text()
+        cmd += ["--num_epoch", str(anneal_epochs), "--seed", str(seed)]
+        return stream_until_validations(cmd, authors, env, log, epochs)
+
+
+def stream_until_validations(
+    cmd: list[str], cwd: Path, env: dict[str, str], log: Path, epochs: int
+) -> str:
+    """Run ``cmd``, writing its stdout to ``log`` line by line (an interrupted run keeps its
+    epochs), and stop it once ``epochs`` validations are complete (their NDCG@20 line, the
+    last metric they print, read); returns what it printed. Raises with its stderr if it
+    fails before that."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    text = []
+    with log.open("w") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        stopped = False
+        for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            text.append(line)
+            done = [e for e in parse_authors_log("".join(text)) if "ndcg@20" in e["valid"]]
+            if len(done) >= epochs:
+                proc.terminate()
+                stopped = True
+                break
+        proc.stdout.close()
+        code = proc.wait()
+        if code and not stopped:
+            err.seek(0)
+            raise RuntimeError(f"their train.py failed ({code}):\n{err.read()[-2000:]}")
+    return "".join(text)
 
 
 def our_curve(seed: int) -> tuple[list[dict], str]:
@@ -118,7 +158,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--authors", type=Path, required=True, help="a FLAME_SIGIR26 checkout")
     parser.add_argument("--dataset", default="amazon-beauty")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="validations to compare")
+    parser.add_argument(
+        "--anneal_epochs",
+        type=int,
+        default=200,
+        help="their --num_epoch, which is also their lambda_r annealing length R (the recipe's)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -139,6 +185,7 @@ def main() -> int:
                 args.authors.resolve(),
                 args.dataset,
                 args.epochs,
+                args.anneal_epochs,
                 args.seed,
                 args.threads,
                 args.python,
@@ -155,6 +202,7 @@ def main() -> int:
         "dataset": args.dataset,
         "seed": args.seed,
         "threads": args.threads,
+        "anneal_epochs": args.anneal_epochs,
         "authors_python": args.python,
         "authors_commit": subprocess.run(
             ["git", "-C", str(args.authors), "rev-parse", "HEAD"], capture_output=True, text=True
