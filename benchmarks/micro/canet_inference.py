@@ -4,7 +4,11 @@ them (sorting rows, chunking, putting scores back in order), with the floating-p
 each part executes and the operator calls it makes.
 
     python benchmarks/micro/canet_inference.py [--result=benchmarks/results/canet_beauty_cpu/CANet-seed1.json] \
-        [--batches=20] [--threads=N]
+        [--batches=20] [--threads=N] [--eval_batch_size=N] [--row_chunks]
+
+``--row_chunks`` also times both paths with chunks that end only at a depth change or at
+``eval_chunk_size`` rows (the rule before chunks also ended at halved lengths), in the same
+interleaved loop, so the two chunk rules are compared on the same batches and machine state.
 
 The model is built with the configuration of ``--result`` (a finished CANet run) and its rows
 are sent to routes in the proportions of that run's test route histogram (drawn per row, seed
@@ -30,10 +34,12 @@ from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from recbole_flame.experiment.micro import count_flops
 from recbole_flame.experiment.output import provenance, write_json
 from recbole_flame.experiment.report import canet_inference_table
+from recbole_flame.model.canet import scoring
 from recbole_flame.model.canet.routes import parse_route
 from recbole_flame.quick_start import prepare
 
@@ -50,21 +56,39 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+HALVED_CHUNK_SIZES = scoring.chunk_sizes
+
+
+def row_chunk_sizes(depths: list[int], lengths: list[int], cap: int | None) -> list[int]:
+    """The earlier chunk rule: a chunk ends where the depth changes or at ``cap`` rows (equal
+    lengths never halve)."""
+    return HALVED_CHUNK_SIZES(depths, [1] * len(lengths), cap)
+
+
 class PartTimer:
     """Wraps the model's ``_width_rows`` and ``score_hidden`` so that each call's seconds add
-    to its part (blocks or output layer, by width) of the call being timed."""
+    to its part (blocks or output layer, by width) of the call being timed; with ``counting``
+    on, each call's floating-point operations add to ``flops`` instead (an untimed pass)."""
 
     def __init__(self, model) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.flops: dict[str, float] = defaultdict(float)
+        self.counting = False
         for name, part, width_arg in (("_width_rows", "blocks", 3), ("score_hidden", "output", 1)):
             original = getattr(model, name)
             setattr(model, name, self._wrap(original, part, width_arg))
 
     def _wrap(self, fn, part: str, width_arg: int):
         def timed_part(*args, **kwargs):
+            key = f"{part} h{args[width_arg]}"
+            if self.counting:
+                with FlopCounterMode(display=False) as counter:
+                    out = fn(*args, **kwargs)
+                self.flops[key] += counter.get_total_flops()
+                return out
             start = time.perf_counter()
             out = fn(*args, **kwargs)
-            self.seconds[f"{part} h{args[width_arg]}"] += time.perf_counter() - start
+            self.seconds[key] += time.perf_counter() - start
             return out
 
         return timed_part
@@ -76,6 +100,10 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--eval_chunk_size", type=int, help="default: CANet.yaml's")
+    parser.add_argument("--eval_batch_size", type=int, help="default: the run's")
+    parser.add_argument(
+        "--row_chunks", action="store_true", help="also time chunks of rows alone (the old rule)"
+    )
     parser.add_argument("--out", default="benchmarks/results/micro/canet_inference/result.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,6 +113,8 @@ def main() -> int:
     config.update(show_progress=False, state="ERROR", epochs=0)
     if args.eval_chunk_size is not None:
         config["eval_chunk_size"] = args.eval_chunk_size
+    if args.eval_batch_size is not None:
+        config["eval_batch_size"] = args.eval_batch_size
     _, model, _, (_, _, test_data) = prepare("CANet", "amazon-beauty", config_dict=config)
     model.eval()
     routes = [parse_route(name) for name in counts]
@@ -113,6 +143,20 @@ def main() -> int:
         model.grouped_scores(seq, length, torch.full_like(index, full))
 
     paths = {"routed": routed, "full_route": full_route}
+    if args.row_chunks:
+
+        def with_row_chunks(fn):
+            def run(*batch) -> None:
+                rule, scoring.chunk_sizes = scoring.chunk_sizes, row_chunk_sizes
+                try:
+                    fn(*batch)
+                finally:
+                    scoring.chunk_sizes = rule
+
+            return run
+
+        paths["routed, row chunks"] = with_row_chunks(routed)
+        paths["full_route, row chunks"] = with_row_chunks(full_route)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
     start = time.perf_counter()
     with torch.no_grad():
@@ -129,6 +173,19 @@ def main() -> int:
                 parts["bookkeeping"] = total - sum(parts.values())
                 parts["total"] = total
                 samples[name].append(parts)
+        # Each part's operations over all batches (an untimed pass), for its achieved rate.
+        part_flops: dict[str, dict[str, float]] = {}
+        timer.counting = True
+        for name, fn in paths.items():
+            timer.flops.clear()
+            for batch in batches:
+                fn(*batch)
+            part_flops[name] = dict(timer.flops)
+        timer.counting = False
+        for name, fn in paths.items():
+            part_flops[name]["total"] = sum(
+                count_flops(lambda b, fn=fn: fn(*b), b) for b in batches
+            )
         ops, flops = {}, {}
         for name, fn in paths.items():
             with OpCounter() as counter:
@@ -156,6 +213,11 @@ def main() -> int:
             "median_seconds": {
                 k: statistics.median(s.get(k, 0.0) for s in samples[name]) for k in keys
             },
+            # summed seconds and operations over the batches: each part's achieved rate
+            "gflop_per_second": {
+                k: part_flops[name][k] / 1e9 / sum(s.get(k, 0.0) for s in samples[name])
+                for k in part_flops[name]
+            },
             "ops_first_batch": ops[name],
             "flops_first_batch": flops[name],
         }
@@ -163,6 +225,14 @@ def main() -> int:
     full_s = report["paths"]["full_route"]["median_seconds"]["total"]
     report["time_ratio"] = routed_s / full_s
     report["executed_flops_ratio"] = flops["routed"] / flops["full_route"]
+    if args.row_chunks:
+        medians = {k: v["median_seconds"]["total"] for k, v in report["paths"].items()}
+        report["row_chunks"] = {
+            "time_ratio": medians["routed, row chunks"] / medians["full_route, row chunks"],
+            "routed_vs_halved": medians["routed, row chunks"] / routed_s,
+            "full_vs_halved": medians["full_route, row chunks"] / full_s,
+            "executed_flops_ratio": flops["routed, row chunks"] / flops["full_route, row chunks"],
+        }
     report["wall_seconds"] = time.perf_counter() - start
     write_json(args.out, report)
     print(canet_inference_table(report))

@@ -337,6 +337,8 @@ def canet_inference_table(report: dict[str, Any]) -> str:
     parts = sorted((set(routed["median_seconds"]) | set(full["median_seconds"])) - {"total"})
     parts.append("total")
     total = routed["median_seconds"]["total"]
+    # Achieved GFLOP/s per part (results written before it was measured have none).
+    rate = [p.get("gflop_per_second") for p in (routed, full)]
     rows = [
         [
             part,
@@ -344,10 +346,13 @@ def canet_inference_table(report: dict[str, Any]) -> str:
             full["median_seconds"].get(part, "-"),
             round(routed["median_seconds"].get(part, 0.0) / total, 3),
         ]
+        + ([r.get(part, "-") for r in rate] if rate[0] is not None else [])
         for part in parts
     ]
+    pad = ["-", "-"] if rate[0] is not None else []
     rows.append(
         ["operator calls (first batch)", routed["ops_first_batch"], full["ops_first_batch"], "-"]
+        + pad
     )
     rows.append(
         [
@@ -356,8 +361,11 @@ def canet_inference_table(report: dict[str, Any]) -> str:
             full["flops_first_batch"] / 1e9,
             "-",
         ]
+        + pad
     )
     headers = ["part", "routed: s per batch", "full route: s per batch", "share of routed time"]
+    if rate[0] is not None:
+        headers += ["routed: GFLOP/s", "full route: GFLOP/s"]
     shares = ", ".join(f"{name} {share:.2f}" for name, share in report["route_share"].items())
     machine = report.get("machine") or {}
     note = (
@@ -370,6 +378,16 @@ def canet_inference_table(report: dict[str, Any]) -> str:
         f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}, load average "
         f"{report.get('load_average_before', '?')} before it (other work on the machine)"
     )
+    rows_only = report.get("row_chunks")
+    if rows_only:
+        note += (
+            f".\n\nWith chunks that end only at a depth change or at the row cap (the earlier "
+            f"rule), in the same interleaved loop: time ratio routed / full "
+            f"{rows_only['time_ratio']:.2f} (executed FLOPs ratio "
+            f"{rows_only['executed_flops_ratio']:.2f}); the routed path takes "
+            f"{rows_only['routed_vs_halved']:.2f}x and the full route "
+            f"{rows_only['full_vs_halved']:.2f}x the time they take with halved-length chunks"
+        )
     return markdown_table(headers, rows) + note
 
 
@@ -378,6 +396,7 @@ MICRO_TABLES: dict[str, tuple[str, Any]] = {
     "distributed": ("distributed/result.json", distributed_table),
     "authors_curve": ("authors_curve/result.json", authors_curve_table),
     "canet_inference": ("canet_inference/result.json", canet_inference_table),
+    "canet_inference_large_batch": ("canet_inference/batch2048.json", canet_inference_table),
 }
 
 
