@@ -163,26 +163,29 @@ def plot_dense(root: Path, path: Path) -> bool:
 
 
 def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
-    """CANet's accuracy against its FLOPs ratio (the full route is 1), with the full supernet
-    and the other runs of each CANet experiment (a run without a FLOPs ratio is drawn at 1: a
-    model of the full route's size; runs labelled ``static ...`` are joined into one line)."""
+    """CANet's accuracy against its FLOPs ratio (the full route is 1), with the other runs of
+    each CANet experiment (a run without a FLOPs ratio is drawn at 1: a model of the full
+    route's size). Runs with a ``fixed_route`` (sub-networks trained alone, the full supernet
+    among them) are joined into one line."""
     points = []
     for spec in specs(root):
         if not any(r.get("model") == "CANet" for r in spec["runs"].values()):
             continue
         for label, runs in load_records(spec, root / RESULTS / spec["name"]).items():
+            run = spec["runs"].get(label) or {}  # a derived row is no run of its own
+            static = bool((run.get("config") or {}).get("fixed_route"))
             for record in runs.values():
                 test = record["result"]["test_result"]
-                points.append((label, float(test.get("flops_ratio", 1.0)), float(test[metric])))
+                ratio = float(test.get("flops_ratio", 1.0))
+                points.append((label, static, ratio, float(test[metric])))
     if not points:
         return False
     fig, (ax,) = _figure(1, (4.6, 3.4))
-    # Sub-networks trained alone at fixed routes (runs labelled "static ..."): the line a
-    # routed model has to lie above to beat a smaller model of the same cost.
-    static = sorted((r, v) for label, r, v in points if label.startswith("static"))
+    # The line a routed model has to lie above to beat a smaller model of the same cost.
+    static = sorted((r, v) for _, fixed, r, v in points if fixed)
     if static:
         ax.plot(*zip(*static, strict=True), "k--", marker="s", lw=1, label="static sub-networks")
-    others = [p for p in points if not p[0].startswith("static")]
+    others = [(label, r, v) for label, fixed, r, v in points if not fixed]
     for i, (label, ratio, value) in enumerate(others):
         ax.scatter([ratio], [value], color=f"C{i}", label=label)
     ax.set_xlabel("FLOPs ratio (full route = 1)")
