@@ -398,6 +398,8 @@ def canet_inference_table(report: dict[str, Any]) -> str:
 MICRO_TABLES: dict[str, tuple[str, Any]] = {
     "distributed": ("distributed/result.json", distributed_table),
     "authors_curve": ("authors_curve/result.json", authors_curve_table),
+    # the first check, which capped their run (and so their annealing length R) at 3 epochs
+    "authors_curve_r3": ("authors_curve/result_num_epoch3.json", authors_curve_table),
     "canet_inference": ("canet_inference/result.json", canet_inference_table),
     "canet_inference_large_batch": ("canet_inference/batch2048.json", canet_inference_table),
 }
