@@ -376,3 +376,30 @@ def test_authors_curve_reports_a_failing_run_with_its_stderr(tmp_path) -> None:
         module.stream_until_validations(
             [sys.executable, str(fake)], tmp_path, {}, tmp_path / "log.txt", 3
         )
+
+
+def test_headline_by_hand_with_the_convergence_ratio(tmp_path) -> None:
+    """The README's generated text for a spec's headline: mean test metrics of A and B, the
+    relative gain, and with ``convergence: True`` A's convergence ratio per seed."""
+    from recbole_flame.experiment.report import headline
+
+    spec_file = tmp_path / "flame_x.yaml"
+    spec_file.write_text(
+        "dataset: ml-100k\nseeds: [1, 2]\nruns:\n  A: {model: FLAME}\n  B: {model: SASRec}\n"
+        "headline: {run: A, against: B, against_as: its own stage 1, metric: ndcg@20,"
+        " convergence: True}\n"
+    )
+    spec = load_spec(spec_file)
+    out = tmp_path / "benchmarks" / "results" / spec["name"]
+    out.mkdir(parents=True)
+    for label, seed, ndcg, ratio in (("A", 1, 0.07, 1.5), ("A", 2, 0.05, None)):
+        result = {"test_result": {"ndcg@20": ndcg}, "convergence_ratio": ratio}
+        (out / f"{label}-seed{seed}.json").write_text(json.dumps({"result": result}))
+    for seed, ndcg in ((1, 0.05), (2, 0.05)):
+        result = {"test_result": {"ndcg@20": ndcg}}
+        (out / f"B-seed{seed}.json").write_text(json.dumps({"result": result}))
+    # A: mean 0.06, B: 0.05, +20%; 2 seeds (no p under 3)
+    assert headline(spec, tmp_path) == (
+        "test NDCG@20 0.0600 against its own stage 1's 0.0500 (+20.0%, 2 seeds; "
+        "convergence ratio 1.50, none)"
+    )

@@ -7,9 +7,10 @@ and the summary the engine computes from its result files, the learning-curve an
 accuracy-compute plots under ``docs/img/``, and every headline in README.md and the docs pages:
 the text between ``<!-- h:NAME -->`` and ``<!-- /h -->``, from the ``headline`` entry of spec
 NAME (``{run: A, against: B, metric: ndcg@20}``; ``against_as`` names B in the text;
-``form: ratio`` for "0.94 of B's"), and the micro-benchmark tables between
-``<!-- micro:NAME -->`` and ``<!-- /micro -->`` from their result files. ``--check``
-only says whether all of it is current (the test suite runs it). No number is typed by hand.
+``form: ratio`` for "0.94 of B's"; ``convergence: True`` adds FLAME's convergence ratio), and
+the micro-benchmark tables between ``<!-- micro:NAME -->`` and ``<!-- /micro -->`` from their
+result files. ``--check`` only says whether all of it is current (the test suite runs it). No
+number is typed by hand.
 """
 
 from __future__ import annotations
@@ -235,6 +236,10 @@ def headline(spec: dict[str, Any], root: Path) -> str:
         if all(f is not None for f in flops):
             text += f" at {statistics.mean(flops):.2f} of its FLOPs"
         return f"{text} ({runs})"
+    if entry.get("convergence"):  # FLAME's: stage 1's epochs to its best / stage 2's to it
+        ratios = [records[a][s]["result"].get("convergence_ratio") for s in seeds]
+        shown = [f"{r:.2f}" if r is not None else "none" for r in ratios]
+        runs += f"; convergence ratio {', '.join(shown)}"
     return (
         f"test {shown_metric} {ma:.4f} against {b}'s {mb:.4f} ({100 * (ma / mb - 1):+.1f}%, {runs})"
     )
