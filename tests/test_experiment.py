@@ -403,3 +403,79 @@ def test_headline_by_hand_with_the_convergence_ratio(tmp_path) -> None:
         "test NDCG@20 0.0600 against its own stage 1's 0.0500 (+20.0%, 2 seeds; "
         "convergence ratio 1.50, none)"
     )
+
+
+def test_canet_table_puts_routed_runs_against_the_static_line_by_hand(tmp_path) -> None:
+    """The accuracy-compute table gathers every CANet experiment's finished runs (seeds
+    averaged), by FLOPs ratio, and gives each routed run its distance above the line through
+    the static sub-networks, interpolated by hand; runs outside the line's range get none."""
+    from recbole_flame.experiment.report import canet_table
+
+    experiments = tmp_path / "benchmarks" / "experiments"
+    experiments.mkdir(parents=True)
+    (experiments / "canet_x.yaml").write_text(
+        "dataset: ml-100k\nseeds: [1, 2]\nruns:\n"
+        "  small: {model: CANet, config: {fixed_route: h32-l1-e32}}\n"
+        "  big: {model: CANet, config: {fixed_route: full}}\n"
+        "  routed: {model: CANet}\n"
+        "  cheap: {model: CANet, config: {flops_budget: 0.1}}\n"
+        "  plain: {model: SASRec}\n"
+    )
+    (experiments / "other.yaml").write_text(  # no CANet run: not on the curve
+        "dataset: ml-100k\nseeds: [1]\nruns:\n  plain: {model: SASRec}\n"
+    )
+    out = tmp_path / "benchmarks" / "results" / "canet_x"
+    out.mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "other").mkdir()
+    results = {  # label -> seed -> (flops ratio or None, ndcg@10)
+        "small": {1: (0.2, 0.02), 2: (0.2, 0.04)},  # mean 0.03 at 0.2
+        "big": {1: (1.0, 0.05)},  # 0.05 at 1.0
+        "routed": {1: (0.6, 0.045), 2: (0.6, 0.045)},  # line at 0.6: 0.03 + 0.02 / 2 = 0.04
+        "cheap": {1: (0.1, 0.01)},  # left of the line
+        "plain": {1: (None, 0.06)},  # drawn at 1, not routed
+    }
+    for label, seeds in results.items():
+        for seed, (ratio, ndcg) in seeds.items():
+            test = {"hit@10": 0.1, "hit@20": 0.2, "ndcg@10": ndcg, "ndcg@20": 0.07}
+            if ratio is not None:
+                test["flops_ratio"] = ratio
+            (out / f"{label}-seed{seed}.json").write_text(
+                json.dumps({"result": {"test_result": test}})
+            )
+    (tmp_path / "benchmarks" / "results" / "other" / "plain-seed1.json").write_text(
+        json.dumps({"result": {"test_result": {"ndcg@10": 0.9}}})
+    )
+    rows = [line.split(" | ") for line in canet_table(tmp_path).splitlines()[2:]]
+    by_label = {row[0].lstrip("| "): row for row in rows}
+    assert [row[0].lstrip("| ") for row in rows] == ["cheap", "small", "routed", "big", "plain"]
+    assert by_label["small"][1:4] == ["static sub-network", "canet_x", "2"]
+    assert by_label["small"][7] == "0.0300"
+    assert by_label["routed"][1] == "routed"
+    assert by_label["routed"][-2:] == ["0.0400", "+0.0050 |"]
+    assert by_label["cheap"][-2:] == ["-", "- |"]
+    assert by_label["plain"][1] == "SASRec" and by_label["plain"][4] == "1.00"
+    assert by_label["plain"][-2:] == ["-", "- |"]
+
+
+def test_a_docs_marker_naming_nothing_stops_with_one_line(tmp_path) -> None:
+    """Generated spans are filled by name; a name no table or spec has stops the report with a
+    line naming it, and known markers keep their tags around the new body."""
+    from recbole_flame.experiment.report import (
+        with_headlines,
+        with_micro_tables,
+        with_result_tables,
+    )
+    from recbole_flame.utils.errors import UserError
+
+    (tmp_path / "benchmarks" / "experiments").mkdir(parents=True)
+    for fill, text in (
+        (with_micro_tables, "a <!-- micro:no_such -->old<!-- /micro --> b"),
+        (with_result_tables, "<!-- table:no_such -->\nold\n<!-- /table -->"),
+        (with_headlines, "<!-- h:no_such -->old<!-- /h -->"),
+    ):
+        with pytest.raises(UserError, match="names no .*: no_such$"):
+            fill(text, tmp_path)
+    text = "a <!-- table:canet_accuracy_compute -->old<!-- /table --> b"
+    assert with_result_tables(text, tmp_path) == (
+        "a <!-- table:canet_accuracy_compute -->\nnot run yet\n<!-- /table --> b"
+    )

@@ -9,7 +9,8 @@ the text between ``<!-- h:NAME -->`` and ``<!-- /h -->``, from the ``headline`` 
 NAME (``{run: A, against: B, metric: ndcg@20}``; ``against_as`` names B in the text;
 ``form: ratio`` for "0.94 of B's"; ``convergence: True`` adds FLAME's convergence ratio), and
 the micro-benchmark tables between ``<!-- micro:NAME -->`` and ``<!-- /micro -->`` from their
-result files. ``--check`` only says whether all of it is current (the test suite runs it). No
+result files, and the tables between ``<!-- table:NAME -->`` and ``<!-- /table -->`` drawn from
+several experiments' result files (:data:`RESULT_TABLES`). ``--check`` only says whether all of it is current (the test suite runs it). No
 number is typed by hand.
 """
 
@@ -163,38 +164,106 @@ def plot_dense(root: Path, path: Path) -> bool:
     return True
 
 
-def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
-    """CANet's accuracy against its FLOPs ratio (the full route is 1), with the other runs of
-    each CANet experiment (a run without a FLOPs ratio is drawn at 1: a model of the full
-    route's size). Runs with a ``fixed_route`` (sub-networks trained alone, the full supernet
-    among them) are joined into one line."""
+def canet_points(root: Path) -> list[dict[str, Any]]:
+    """Every finished run of every experiment with a CANet run, averaged over its seeds: its
+    experiment, label, whether it is a static sub-network (a ``fixed_route`` run, the full
+    supernet among them), its FLOPs ratio (1 for a run without one: a model of the full route's
+    size) and its test metrics."""
     points = []
     for spec in specs(root):
         if not any(r.get("model") == "CANet" for r in spec["runs"].values()):
             continue
         for label, runs in load_records(spec, root / RESULTS / spec["name"]).items():
+            if not runs:
+                continue
             run = spec["runs"].get(label) or {}  # a derived row is no run of its own
-            static = bool((run.get("config") or {}).get("fixed_route"))
-            for record in runs.values():
-                test = record["result"]["test_result"]
-                ratio = float(test.get("flops_ratio", 1.0))
-                points.append((label, static, ratio, float(test[metric])))
+            tests = [record["result"]["test_result"] for record in runs.values()]
+            test = {
+                key: statistics.mean(float(t[key]) for t in tests)
+                for key in tests[0]
+                if key != "flops_ratio"
+            }
+            points.append(
+                {
+                    "experiment": spec["name"],
+                    "label": label,
+                    "model": run.get("model", ""),
+                    "static": bool((run.get("config") or {}).get("fixed_route")),
+                    "ratio": statistics.mean(float(t.get("flops_ratio", 1.0)) for t in tests),
+                    "seeds": len(tests),
+                    "test": test,
+                }
+            )
+    return points
+
+
+def static_line(points: list[dict[str, Any]], ratio: float, metric: str) -> float | None:
+    """The static sub-networks' ``metric`` at ``ratio``, linear between the two static points
+    around it; None outside their range."""
+    line = sorted((p["ratio"], p["test"][metric]) for p in points if p["static"])
+    for (r0, v0), (r1, v1) in zip(line, line[1:], strict=False):
+        if r0 <= ratio <= r1:
+            return v0 if r1 == r0 else v0 + (v1 - v0) * (ratio - r0) / (r1 - r0)
+    return None
+
+
+def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
+    """CANet's accuracy against its FLOPs ratio (:func:`canet_points`); the static
+    sub-networks are joined into one line."""
+    points = canet_points(root)
     if not points:
         return False
     fig, (ax,) = _figure(1, (4.6, 3.4))
     # The line a routed model has to lie above to beat a smaller model of the same cost.
-    static = sorted((r, v) for _, fixed, r, v in points if fixed)
+    static = sorted((p["ratio"], p["test"][metric]) for p in points if p["static"])
     if static:
         ax.plot(*zip(*static, strict=True), "k--", marker="s", lw=1, label="static sub-networks")
-    others = [(label, r, v) for label, fixed, r, v in points if not fixed]
-    for i, (label, ratio, value) in enumerate(others):
-        ax.scatter([ratio], [value], color=f"C{i}", label=label)
+    others = [p for p in points if not p["static"]]
+    for i, p in enumerate(others):
+        ax.scatter([p["ratio"]], [p["test"][metric]], color=f"C{i}", label=p["label"])
     ax.set_xlabel("FLOPs ratio (full route = 1)")
     ax.set_ylabel(f"test {metric}")
     ax.set_xlim(0, 1.1)
     ax.legend(fontsize=7)
     _save(fig, path)
     return True
+
+
+def canet_table(root: Path, metric: str = "ndcg@10") -> str:
+    """The table of :func:`plot_canet`'s points, by FLOPs ratio, with each routed CANet
+    point's distance above the static line at its ratio (:func:`static_line`)."""
+    points = sorted(canet_points(root), key=lambda p: (p["ratio"], p["label"]))
+    if not points:
+        return "not run yet"
+    metrics = ["hit@10", "hit@20", "ndcg@10", "ndcg@20"]
+    headers = [
+        "run",
+        "kind",
+        "experiment",
+        "seeds",
+        "FLOPs ratio",
+        *[f"test {m}" for m in metrics],
+        f"static line's {metric} at its ratio",
+        "above the static line by",
+    ]
+    rows = []
+    for p in points:
+        routed = p["model"] == "CANet" and not p["static"]
+        line = static_line(points, p["ratio"], metric) if routed else None
+        kind = "static sub-network" if p["static"] else "routed" if routed else p["model"]
+        rows.append(
+            [
+                p["label"],
+                kind,
+                p["experiment"],
+                str(p["seeds"]),
+                f"{p['ratio']:.2f}",
+                *[f"{p['test'][m]:.4f}" if m in p["test"] else "-" for m in metrics],
+                "-" if line is None else f"{line:.4f}",
+                "-" if line is None else f"{p['test'][metric] - line:+.4f}",
+            ]
+        )
+    return markdown_table(headers, rows)
 
 
 PLOTS = {
@@ -205,7 +274,25 @@ PLOTS = {
 
 
 # --- headlines -------------------------------------------------------------------------------
-HEADLINE = re.compile(r"<!-- h:([A-Za-z0-9_]+) -->(.*?)<!-- /h -->", re.S)
+def marker(tag: str, names: str = "a-z_") -> re.Pattern:
+    """The pattern of a generated span ``<!-- TAG:NAME -->...<!-- /TAG -->``."""
+    return re.compile(rf"(<!-- {tag}:([{names}]+) -->)(.*?)(<!-- /{tag} -->)", re.S)
+
+
+def fill_markers(text: str, pattern: re.Pattern, what: str, render: Any) -> str:
+    """``text`` with the body of every ``pattern`` span replaced by ``render(name)``; a name
+    ``render`` does not know (None) stops with one line naming ``what`` it should name."""
+
+    def fill(match: re.Match) -> str:
+        body = render(match.group(2))
+        if body is None:
+            raise UserError(f"a docs marker names no {what}: {match.group(2)}")
+        return match.group(1) + body + match.group(4)
+
+    return pattern.sub(fill, text)
+
+
+HEADLINE = marker("h", "A-Za-z0-9_")
 
 
 def headline(spec: dict[str, Any], root: Path) -> str:
@@ -248,17 +335,15 @@ def headline(spec: dict[str, Any], root: Path) -> str:
 def with_headlines(text: str, root: Path) -> str:
     """``text`` with every headline marker's content regenerated."""
     by_name = {spec["name"]: spec for spec in specs(root)}
-
-    def fill(match: re.Match) -> str:
-        name = match.group(1)
-        if name not in by_name:
-            raise UserError(f"headline marker names no spec: {name}")
-        return f"<!-- h:{name} -->{headline(by_name[name], root)}<!-- /h -->"
-
-    return HEADLINE.sub(fill, text)
+    return fill_markers(
+        text,
+        HEADLINE,
+        "spec",
+        lambda name: headline(by_name[name], root) if name in by_name else None,
+    )
 
 
-MICRO = re.compile(r"<!-- micro:([a-z_]+) -->(.*?)<!-- /micro -->", re.S)
+MICRO = marker("micro")
 MICRO_RESULTS = Path("benchmarks") / "results" / "micro"
 
 
@@ -409,20 +494,35 @@ MICRO_TABLES: dict[str, tuple[str, Any]] = {
     "canet_inference_large_batch": ("canet_inference/batch2048.json", canet_inference_table),
 }
 
+TABLE = marker("table")
+#: marker name -> renderer of the committed result files under the root
+RESULT_TABLES: dict[str, Any] = {"canet_accuracy_compute": canet_table}
+
 
 def with_micro_tables(text: str, root: Path) -> str:
     """``text`` with every micro-benchmark marker's table regenerated from its result file."""
 
-    def fill(match: re.Match) -> str:
-        name = match.group(1)
+    def render(name: str) -> str | None:
         if name not in MICRO_TABLES:
-            raise UserError(f"micro-benchmark marker names no table: {name}")
-        file, render = MICRO_TABLES[name]
+            return None
+        file, table = MICRO_TABLES[name]
         path = root / MICRO_RESULTS / file
-        body = render(json.loads(path.read_text())) if path.is_file() else "not measured yet"
-        return f"<!-- micro:{name} -->\n{body}\n<!-- /micro -->"
+        return (
+            "\n"
+            + (table(json.loads(path.read_text())) if path.is_file() else "not measured yet")
+            + "\n"
+        )
 
-    return MICRO.sub(fill, text)
+    return fill_markers(text, MICRO, "micro-benchmark table", render)
+
+
+def with_result_tables(text: str, root: Path) -> str:
+    """``text`` with every result-table marker's table regenerated from the result files."""
+
+    def render(name: str) -> str | None:
+        return f"\n{RESULT_TABLES[name](root)}\n" if name in RESULT_TABLES else None
+
+    return fill_markers(text, TABLE, "result table", render)
 
 
 def headline_pages(root: Path) -> list[Path]:
@@ -504,8 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in headline_pages(root):
         if path.is_file() and path not in wanted:
             text = path.read_text(encoding="utf-8")
-            if HEADLINE.search(text) or MICRO.search(text):
-                wanted[path] = with_micro_tables(with_headlines(text, root), root)
+            if HEADLINE.search(text) or MICRO.search(text) or TABLE.search(text):
+                filled = with_micro_tables(with_headlines(text, root), root)
+                wanted[path] = with_result_tables(filled, root)
     stale = [
         path
         for path, text in wanted.items()
