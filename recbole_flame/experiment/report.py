@@ -10,8 +10,8 @@ NAME (``{run: A, against: B, metric: ndcg@20}``; ``against_as`` names B in the t
 ``form: ratio`` for "0.94 of B's"; ``convergence: True`` adds FLAME's convergence ratio), and
 the micro-benchmark tables between ``<!-- micro:NAME -->`` and ``<!-- /micro -->`` from their
 result files, and the tables between ``<!-- table:NAME -->`` and ``<!-- /table -->`` drawn from
-several experiments' result files (:data:`RESULT_TABLES`). ``--check`` only says whether all of it is current (the test suite runs it). No
-number is typed by hand.
+several experiments' result files (:data:`RESULT_TABLES`). ``--check`` only says whether all
+of it is current (the test suite runs it). No number is typed by hand.
 """
 
 from __future__ import annotations
