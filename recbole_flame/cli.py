@@ -143,7 +143,55 @@ def _seeds(text: str | None) -> list[int] | None:
         raise UserError(f"--seeds must be comma-separated integers, got '{text}'") from exc
 
 
+def build_convert_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{program_name()} convert",
+        description="Write RecBole atomic files (DATA_PATH/NAME/NAME.inter) from a sequence file "
+        "(one line per user: user item item ...) or an interaction table (CSV, TSV, parquet).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("file", help="the file to convert")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="sequences | csv | tsv | parquet (default: from the file's suffix)",
+    )
+    parser.add_argument("--dataset", required=True, help="the dataset's name (its folder)")
+    parser.add_argument("--data_path", default="dataset", help="folder that will hold NAME/")
+    parser.add_argument("--user", default=None, help="the user column (default: found by name)")
+    parser.add_argument("--item", default=None, help="the item column (default: found by name)")
+    parser.add_argument("--time", default=None, help="the time column (default: found by name)")
+    return parser
+
+
+def _convert(argv: Sequence[str]) -> None:
+    from recbole_flame.data.convert import convert
+
+    args = build_convert_parser().parse_args(argv)
+    done = convert(
+        args.file, args.dataset, args.data_path, args.source, args.user, args.item, args.time
+    )
+    print(done.summary())
+    print(
+        f"train on it: {program_name()} --model=SASRec --dataset={args.dataset} "
+        f"--data_path={args.data_path}"
+    )
+
+
+# Verbs with their own options; the flat form (--model=X --dataset=Y ...) is RecBole's and stays.
+VERBS = {"convert": _convert}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in VERBS:
+        try:
+            VERBS[argv[0]](argv[1:])
+        except UserError as exc:
+            print(f"{program_name()} {argv[0]}: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
     config_files = args.config_files.split() if args.config_files else None
