@@ -48,6 +48,7 @@ from recbole_flame.config.rules import (
 from recbole_flame.data.dense import DENSE_WINDOWS
 from recbole_flame.model.layers.attention import ATTENTION_IMPLS
 from recbole_flame.model.layers.sequence import POSITION_ALIGNMENTS, TRAIN_MODES
+from recbole_flame.utils.amp import AMP_DTYPES
 from recbole_flame.utils.distributed import BACKENDS
 from recbole_flame.utils.errors import ConfigError
 
@@ -347,6 +348,7 @@ COMMON_RULES: dict[str, Rule] = {
     "loss_decimal_place": integer(lo=0),
     "require_pow": boolean(),
     "enable_amp": boolean(),
+    "amp_dtype": one_of(*AMP_DTYPES, none=True),
     "enable_scaler": boolean(),
     "transform": one_of(
         "mask_itemseq",

@@ -11,12 +11,13 @@ and no ``load_col`` given loads every column of its atomic files (``load_col: No
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import functools
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import yaml
@@ -35,6 +36,21 @@ _INTERVALS = re.compile(r"^[\[(][^;\[\]()]*[\])](\s*;\s*[\[(][^;\[\]()]*[\])])+$
 _CPU_WARNED: list[bool] = []  # the no-CUDA warning is printed once per process
 # Made absolute at config time, so a run that changes directory (a Ray trial) still finds them.
 PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
+
+
+@contextlib.contextmanager
+def visible_devices_kept() -> Iterator[None]:
+    """RecBole's Config sets ``CUDA_VISIBLE_DEVICES`` from ``gpu_id`` (a run's process sees its
+    GPUs only); a Config built to check settings (a search's pre-flight before Ray counts the
+    GPUs, a model loaded for inference) must leave this process's GPUs as they were."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def parse_value(text: str) -> Any:

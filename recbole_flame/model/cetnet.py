@@ -47,6 +47,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from recbole_flame.config.rules import Rule, boolean, integer, number, one_of, show, structured
+from recbole_flame.utils.amp import full_precision
 from recbole_flame.utils.errors import ConfigError, UnknownModelError
 from recbole_flame.utils.paths import properties_dir
 from recbole_flame.utils.registry import available_models, canonical_model_name, get_model
@@ -114,7 +115,10 @@ def collaborative_losses(
     if fused.logit is not None:
         fused_loss = F.binary_cross_entropy_with_logits(fused.logit, label)
     else:
-        fused_loss = F.binary_cross_entropy(fused.prob, label)
+        # CUDA autocast refuses binary_cross_entropy on probabilities (unsafe in half
+        # precision); the fused probability's loss is taken in float32 outside it.
+        with full_precision(fused.prob, label) as (prob, target):
+            fused_loss = F.binary_cross_entropy(prob, target)
     expanded = label.expand_as(logits)
     base_loss = F.binary_cross_entropy_with_logits(logits, expanded, reduction="none").mean(1).sum()
     target = fused.prob.detach().expand_as(logits)

@@ -44,6 +44,7 @@ from recbole_flame.model.layers.packing import PackedBatch
 from recbole_flame.model.layers.sequence import dense_step_mask, first_trained_step, trim_batch
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.utils import distributed
+from recbole_flame.utils.amp import full_precision
 from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint, read_torch_file
 from recbole_flame.utils.errors import CheckpointError, ConfigError
 
@@ -430,10 +431,14 @@ class FLAME(SequentialRecommender):
             groups = list(perm.split(self.cl_group_size))
         else:
             groups = [torch.arange(n, device=item_seq.device)]
-        views = list(outputs.values())
-        inner = mean_inner_products(list(itertools.combinations(views, 2)))
-        weights = weights_from_inner(inner, self.detach_pair_weights)
-        losses = all_pairs_info_nce(views, self.tau, self.cl_normalize, groups)
+        # In float32 under mixed precision: the InfoNCE log-sum-exps and the pair weights'
+        # softmax lose the alignment's small differences in half precision (and overflow
+        # without cl_normalize), and the Gram kernel's backward needs one dtype throughout.
+        with full_precision(*outputs.values()) as views:
+            outputs = dict(zip(outputs, views, strict=True))
+            inner = mean_inner_products(list(itertools.combinations(views, 2)))
+            weights = weights_from_inner(inner, self.detach_pair_weights)
+            losses = all_pairs_info_nce(views, self.tau, self.cl_normalize, groups)
         if self.training:
             self._record_alignment(outputs, inner, weights, losses)
         return (weights * losses).sum()

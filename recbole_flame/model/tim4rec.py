@@ -56,6 +56,7 @@ steps up to it), so the output at step t depends on items and timestamps up to t
 from __future__ import annotations
 
 import math
+from logging import getLogger
 from typing import ClassVar
 
 import torch
@@ -69,6 +70,7 @@ from recbole_flame.model.layers.ssd import (
     SSD_BACKENDS,
     CausalConv1d,
     GatedRMSNorm,
+    backend_in_use,
     check_backend,
     ssd,
 )
@@ -376,6 +378,8 @@ class TiM4Rec(SequentialRecommender):
         self.n_heads = self.layers[0].ssd.n_heads
         self.loss_fct = nn.CrossEntropyLoss()
         self.apply(self._init_weights)
+        cuda = str(config["device"]).startswith("cuda")
+        getLogger().info(f"TiM4Rec SSD: {backend_in_use(config['ssd_backend'], cuda)}")
 
     @classmethod
     def check_config(cls, config) -> None:

@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 from recbole.trainer import Trainer as RecBoleTrainer
-from recbole.utils import get_local_time
+from recbole.utils import get_gpu_usage, get_local_time, set_color
+from torch.nn.utils.clip_grad import clip_grad_norm_
+from tqdm import tqdm
 
 from recbole_flame.config.neutral import NEUTRAL_KEYS
-from recbole_flame.utils import distributed
+from recbole_flame.inference.record import data_fingerprint, rebuild_record
+from recbole_flame.utils import amp, distributed
 from recbole_flame.utils.checkpoint import (
     atomic_save,
     first_mismatch,
@@ -27,8 +30,12 @@ from recbole_flame.utils.checkpoint import (
 from recbole_flame.utils.errors import CheckpointError, ConfigError, TrainingDiverged
 
 
-def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
-    """Every random generator a training epoch draws from, as tensors and plain data."""
+def rng_state(
+    loader_generator: torch.Generator | None, device: torch.device | None = None
+) -> dict[str, Any]:
+    """Every random generator a training epoch draws from, as tensors and plain data. On CUDA,
+    the generator of the run's own device only: a resume may see fewer GPUs (or another
+    ordinal), and each distributed rank keeps its own."""
     keys, pos, has_gauss, cached = np.random.get_state()[1:]
     state = {
         "torch": torch.get_rng_state(),
@@ -36,22 +43,33 @@ def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
         "python": random.getstate(),
         "loader": loader_generator.get_state() if loader_generator is not None else None,
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
-    """Restore what :func:`rng_state` recorded."""
-    torch.set_rng_state(state["torch"])
+def set_rng_state(
+    state: dict[str, Any],
+    loader_generator: torch.Generator | None,
+    device: torch.device | None = None,
+) -> None:
+    """Restore what :func:`rng_state` recorded. Generator states are CPU byte tensors whatever
+    device the checkpoint was read onto (``torch.set_rng_state`` refuses any other)."""
+    torch.set_rng_state(state["torch"].cpu())
     keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if loader_generator is not None and state.get("loader") is not None:
-        loader_generator.set_state(state["loader"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        loader_generator.set_state(state["loader"].cpu())
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):  # files written before: every visible GPU's state
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -95,8 +113,10 @@ class RunStateMixin:
                 super().__init__(config, model)
             self.model = distributed.sync_batch_norm(self.model, self.device)
             self.distributed_model = distributed.wrap_model(self.model, self.device)
-            # metrics from every rank's rows at once: one process's, exactly
-            self.eval_collector = distributed.GatheringCollector(self.eval_collector)
+            # metrics from every rank's rows at once: one process's, exactly (one process's
+            # rows are already all of them)
+            if distributed.world_size() > 1:
+                self.eval_collector = distributed.GatheringCollector(self.eval_collector)
         # the file names of rank 0, which alone writes (the others keep the best in memory)
         name = distributed.broadcast_object(
             f"{config['model']}-{get_local_time()}-{uuid.uuid4().hex[:6]}.pth"
@@ -119,9 +139,73 @@ class RunStateMixin:
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._epoch_idx = epoch_idx
         start = time.perf_counter()
-        losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        base = super()._train_epoch
+        if getattr(base, "__func__", None) is RecBoleTrainer._train_epoch:
+            losses = self._step_loop(train_data, epoch_idx, loss_func, show_progress)
+        else:  # a RecBole trainer with its own loop (knowledge graphs, pretraining, ...)
+            losses = base(train_data, epoch_idx, loss_func, show_progress)
         self.epoch_train_seconds.append(time.perf_counter() - start)
         return losses
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """The run's one GradScaler (a pass-through unless float16 autocast): its loss scale
+        carries over epochs, and over a resume."""
+        if getattr(self, "_grad_scaler", None) is None:
+            self._grad_scaler = amp.make_scaler(self.config, self.device)
+        return self._grad_scaler
+
+    def _step_loop(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """RecBole's training loop (the same steps, losses and logging) with this package's
+        mixed precision (:mod:`recbole_flame.utils.amp`): ``amp_dtype``, one GradScaler per
+        run, gradients unscaled before clipping."""
+        self.model.train()
+        loss_func = loss_func or self.model.calculate_loss
+        total_loss = None
+        iter_data = (
+            tqdm(
+                train_data,
+                total=len(train_data),
+                ncols=100,
+                desc=set_color(f"Train {epoch_idx:>5}", "pink"),
+            )
+            if show_progress
+            else train_data
+        )
+        if not self.config["single_spec"] and train_data.shuffle:
+            train_data.sampler.set_epoch(epoch_idx)
+        scaler = self.grad_scaler()
+        for interaction in iter_data:
+            interaction = interaction.to(self.device)
+            self.optimizer.zero_grad()
+            sync_loss = 0
+            if not self.config["single_spec"]:
+                self.set_reduce_hook()
+                sync_loss = self.sync_grad_loss()
+            with amp.autocast(self.config, self.device):
+                losses = loss_func(interaction)
+            if isinstance(losses, tuple):
+                loss = sum(losses)
+                loss_tuple = tuple(per_loss.item() for per_loss in losses)
+                total_loss = (
+                    loss_tuple
+                    if total_loss is None
+                    else tuple(map(sum, zip(total_loss, loss_tuple, strict=True)))
+                )
+            else:
+                loss = losses
+                total_loss = losses.item() if total_loss is None else total_loss + losses.item()
+            self._check_nan(loss)
+            scaler.scale(loss + sync_loss).backward()
+            if self.clip_grad_norm:
+                scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+                clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+            scaler.step(self.optimizer)
+            scaler.update()
+            if self.gpu_available and show_progress:
+                iter_data.set_postfix_str(
+                    set_color("GPU RAM: " + get_gpu_usage(self.device), "yellow")
+                )
+        return total_loss
 
     def _check_nan(self, loss):
         if not torch.isfinite(loss).all():
@@ -152,6 +236,10 @@ class RunStateMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": plain(self.model.other_parameter()),
             "optimizer": self.optimizer.state_dict(),
+            # what recbole_flame.inference.load_model needs to rebuild config, model and data
+            "rebuild": rebuild_record(
+                self.config, self.model, getattr(self, "_data_fingerprint", None)
+            ),
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -188,8 +276,11 @@ class RunStateMixin:
         atomic_save(self.checkpoint_state(epoch), saved_model_file)
 
     def load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Load a checkpoint's model weights into ``self.model``; returns the checkpoint."""
-        checkpoint = load_checkpoint(path, map_location=self.device)
+        """Load a checkpoint's model weights into ``self.model``; returns the checkpoint. Read
+        onto the CPU whatever device wrote it or runs now: ``load_state_dict`` copies weights
+        (and the optimizer's state) to the model's device, and the random generators' states
+        must stay CPU tensors."""
+        checkpoint = load_checkpoint(path, map_location="cpu")
         problem = first_mismatch(self.model, checkpoint["state_dict"])
         if problem is not None:
             raise CheckpointError(f"checkpoint '{path}' does not fit the model: {problem}")
@@ -200,7 +291,7 @@ class RunStateMixin:
     def resume_state(self, epoch: int, train_data) -> dict[str, Any]:
         """:meth:`checkpoint_state` plus what a resumed run needs to go on exactly (in a
         distributed run, called on every rank: each rank's random generators are kept)."""
-        rng = rng_state(getattr(train_data, "generator", None))
+        rng = rng_state(getattr(train_data, "generator", None), self.device)
         return {
             **self.checkpoint_state(epoch),
             "best_valid_result": plain(self.best_valid_result),
@@ -209,6 +300,7 @@ class RunStateMixin:
             "epoch_train_seconds": list(self.epoch_train_seconds),
             "elapsed_seconds": self.elapsed_seconds(),
             "stopped_early": self.stopped_early,
+            "grad_scaler": self.grad_scaler().state_dict(),
             "rng": rng,
             "rng_ranks": distributed.gather_objects(rng) if distributed.is_distributed() else None,
             "extras": plain(self.result_extras()),
@@ -232,6 +324,8 @@ class RunStateMixin:
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint["best_valid_result"]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("grad_scaler"):  # float16 runs: the loss scale it had reached
+            self.grad_scaler().load_state_dict(checkpoint["grad_scaler"])
         self.valid_history = list(checkpoint["valid_history"])
         self.epoch_train_seconds = list(checkpoint["epoch_train_seconds"])
         self._elapsed_before = float(checkpoint["elapsed_seconds"])
@@ -273,9 +367,10 @@ class RunStateMixin:
     ):
         self._persist = bool(saved)
         self._best_in_memory = None
+        self._data_fingerprint = data_fingerprint(getattr(train_data, "_dataset", None))
         self._fit_start = time.perf_counter()
         if self._pending_rng is not None:
-            set_rng_state(self._pending_rng, getattr(train_data, "generator", None))
+            set_rng_state(self._pending_rng, getattr(train_data, "generator", None), self.device)
             self._pending_rng = None
         if self.stopped_early or (self.start_epoch and self.start_epoch >= self.epochs):
             # A resumed run with nothing left to train (RecBole's fit would overwrite the best

@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
-from recbole_flame.config import Config, parse_cmd_args
-from recbole_flame.config.configurator import PATH_KEYS
-from recbole_flame.data.datasets import check_headers, check_time_field, provide_dataset
-from recbole_flame.quick_start import check_dataset_on_disk, prepare
+from recbole_flame.config import parse_cmd_args
+from recbole_flame.config.configurator import PATH_KEYS, visible_devices_kept
+from recbole_flame.quick_start.quick_start import checked_config, prepare
 from recbole_flame.tuning.hyper import check_search_space, parse_hyper_file, search_space
 from recbole_flame.tuning.ray_api import tune_api
 from recbole_flame.utils.checkpoint import plain
@@ -112,16 +111,12 @@ def run_search(settings: SearchSettings) -> dict[str, Any]:
     output_dir = Path(settings.output_dir).absolute()
     overrides.setdefault("checkpoint_dir", str(output_dir / "saved"))
     overrides.setdefault("show_progress", False)
-    # Validate model, dataset and settings here, with one-line errors, before Ray starts.
-    config = Config(settings.model, settings.dataset, config_files, overrides)
-    check = getattr(config.model_class, "check_config", None)
-    if check is not None:
-        check(config)
-    check_dataset_on_disk(config)
-    check_headers(config)
-    check_time_field(config)
-    # Materialise or download once here, so concurrent trials never write the same files.
-    print(provide_dataset(config))
+    # The single run's pre-flight (one-line errors before Ray starts; the dataset materialised
+    # or downloaded once here, so concurrent trials never write the same files), without
+    # narrowing the GPUs Ray will count to gpu_id's.
+    with visible_devices_kept():
+        config, provided = checked_config(settings.model, settings.dataset, config_files, overrides)
+    print(provided)
     unknown = [p.name for p in params if p.name not in config.final_config_dict]
     if unknown:
         raise ConfigError(

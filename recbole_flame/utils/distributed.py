@@ -229,7 +229,9 @@ def _last_line(text: str, limit: int = 300) -> str:
 
 
 # --- collectives -------------------------------------------------------------------------------
-def _object_device() -> torch.device:
+def collective_device() -> torch.device:
+    """Where a collective's tensors must be: the rank's GPU under nccl (which moves CUDA
+    tensors only), the CPU under gloo."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -240,7 +242,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src, device=_object_device())
+    dist.broadcast_object_list(box, src=src, device=collective_device())
     return box[0]
 
 
@@ -313,10 +315,12 @@ def gather_sample_rows(rows: torch.Tensor, sampler) -> torch.Tensor:
             f"distributed evaluation: this rank collected {rows.size(0)} rows for its "
             f"{per_rank} samples; this evaluation's rows are not one per sample"
         )
-    parts = [torch.empty_like(rows) for _ in range(world_size())]
-    dist.all_gather(parts, rows.contiguous())
+    # RecBole's collector has already moved the rows to the CPU; nccl gathers on the GPU.
+    local = rows.contiguous().to(collective_device())
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local)
     order = torch.stack(parts, dim=1).reshape(per_rank * world_size(), *rows.shape[1:])
-    return order[: len(sampler.dataset)]
+    return order[: len(sampler.dataset)].to(rows.device)
 
 
 class GatheringCollector:

@@ -7,11 +7,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work: CUDA kernels launch asynchronously, so a clock read
+    without this measures the launches, not the work. Nothing to wait for on the CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
 
 def timed(fn: Callable[[], Any]) -> float:
-    """Wall seconds of one call."""
+    """Wall seconds of one call, the GPU's work included."""
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from recbole_flame.model.canet.routes import Route, route_name, route_summary
 from recbole_flame.utils import distributed
+from recbole_flame.utils.amp import full_precision
 
 if TYPE_CHECKING:
     from recbole.config import Config
@@ -202,24 +203,27 @@ class RouterMixin:
         return self.guide_from_hits(hit, logits)
 
     def guide_from_hits(self, hit: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The guide loss for given hits (B x 1 bool) and router logits (B x routes)."""
-        loss = logits.new_zeros(())
-        probs = torch.softmax(logits, dim=-1)
-        for label in ("hidden", "depth", "emb"):
-            member = getattr(self, f"member_{label}")
-            small = getattr(self, f"guide_small_{label}")
-            large = getattr(self, f"guide_large_{label}")
-            wanted = torch.where(hit, small, large)
-            if self.guide_form == "raw":
-                log_q = torch.log_softmax(logits @ member, dim=-1)
-            else:
-                log_q = (probs @ member).clamp_min(1e-12).log()
-            loss = loss - (wanted * log_q).sum(-1).mean()
+        """The guide loss for given hits (B x 1 bool) and router logits (B x routes). In
+        float32 under mixed precision: ``clamp_min(1e-12)`` is 0 in float16 (log gives -inf)."""
+        with full_precision(logits) as (logits,):
+            loss = logits.new_zeros(())
+            probs = torch.softmax(logits, dim=-1)
+            for label in ("hidden", "depth", "emb"):
+                member = getattr(self, f"member_{label}").float()
+                small = getattr(self, f"guide_small_{label}")
+                large = getattr(self, f"guide_large_{label}")
+                wanted = torch.where(hit, small, large)
+                if self.guide_form == "raw":
+                    log_q = torch.log_softmax(logits @ member, dim=-1)
+                else:
+                    log_q = (probs @ member).clamp_min(1e-12).log()
+                loss = loss - (wanted * log_q).sum(-1).mean()
         return loss
 
     def balance(self, logits: torch.Tensor) -> torch.Tensor:
         """The balance term: each row's route softmax against uniform (``uniform``), or the
-        batch-mean distribution against uniform (``batch``)."""
-        if self.balance_loss == "batch":
-            return -torch.softmax(logits, dim=-1).mean(0).clamp_min(1e-12).log().mean()
-        return -torch.log_softmax(logits, dim=-1).mean()
+        batch-mean distribution against uniform (``batch``); in float32, as the guide."""
+        with full_precision(logits) as (logits,):
+            if self.balance_loss == "batch":
+                return -torch.softmax(logits, dim=-1).mean(0).clamp_min(1e-12).log().mean()
+            return -torch.log_softmax(logits, dim=-1).mean()

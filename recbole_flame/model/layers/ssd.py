@@ -13,6 +13,10 @@ device; :func:`ssd` sends CUDA tensors to mamba-ssm's fused Triton kernel when i
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
+import sys
+import types
 from collections.abc import Callable
 
 import torch
@@ -107,20 +111,46 @@ def ssd_chunked(
 
 
 # --- the kernel, when it is there ---------------------------------------------------------
+def _import_skipping_package_init(package: str, module: str):
+    """``package.module`` imported without running ``package/__init__.py``. mamba-ssm's
+    ``__init__`` imports its compiled CUDA extensions (selective scan, causal conv1d), which the
+    SSD Triton kernel does not use: a build without them (``MAMBA_SKIP_CUDA_BUILD``) or a
+    mismatched one would otherwise hide a kernel that works."""
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f"no package {package}")
+        shell = types.ModuleType(package)
+        shell.__path__ = list(spec.submodule_search_locations)
+        shell.__spec__ = spec
+        sys.modules[package] = shell
+    return importlib.import_module(f"{package}.{module}")
+
+
 @functools.cache
 def _kernel() -> Callable | None:
     """mamba-ssm's fused SSD, or None. Imported once: without CUDA the import fails in ways
     other than ImportError (missing shared libraries, Triton errors), so catch them all."""
     try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        combined = _import_skipping_package_init("mamba_ssm", "ops.triton.ssd_combined")
+        return combined.mamba_chunk_scan_combined
     except Exception:
         return None
-    return mamba_chunk_scan_combined
 
 
 def kernel_available() -> bool:
     """True when mamba-ssm imports and CUDA is there."""
     return torch.cuda.is_available() and _kernel() is not None
+
+
+def backend_in_use(backend: str, cuda: bool) -> str:
+    """Which SSD runs for ``ssd_backend`` on this device, in words (for the run's log)."""
+    if backend == "kernel" or (backend == "auto" and cuda and _kernel() is not None):
+        return "mamba-ssm's Triton kernel (float32 dots in TF32 unless TRITON_F32_DEFAULT=ieee)"
+    if backend == "auto":
+        why = "not on CUDA" if not cuda else "mamba-ssm's SSD kernel does not import"
+        return f"the PyTorch SSD ({why})"
+    return "the PyTorch SSD"
 
 
 def check_backend(backend: str, cuda: bool) -> None:
