@@ -42,12 +42,18 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+# RECBOLE_FLAME_TEST_DEVICE=cuda runs the tests' models on GPU 0 (benchmarks/gpu/check.py does,
+# for tests/test_cuda.py); by default, and in CI, everything runs on the CPU.
+TEST_DEVICE = os.environ.get("RECBOLE_FLAME_TEST_DEVICE", "cpu")
+
+
 def base_config(data_root: Path, **overrides) -> dict:
-    """Settings every test run shares: CPU, quiet, short, tiny data."""
+    """Settings every test run shares: quiet, short, tiny data, on TEST_DEVICE."""
+    on_gpu = TEST_DEVICE == "cuda"
     config = {
         "data_path": str(data_root),
-        "gpu_id": "",
-        "use_gpu": False,
+        "gpu_id": "0" if on_gpu else "",
+        "use_gpu": on_gpu,
         "state": "WARNING",
         "show_progress": False,
         "epochs": 1,
