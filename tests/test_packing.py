@@ -231,3 +231,46 @@ def test_packing_is_refused_for_a_model_that_cannot_pack(data_root, workdir):
     assert not Config(model="GRU4Rec", dataset="ml-tiny", config_dict=seq_config(data_root))[
         "sequence_packing"
     ]
+
+
+# --- the layout computed in the data loader ------------------------------------------------------
+@pytest.mark.parametrize("model", ["SASRec", "FLAME"])
+def test_a_packed_training_step_reads_nothing_back_from_the_device(model, data_root, tmp_path):
+    """The loader computes the rows on the CPU; the step itself must not need a device value
+    (on a GPU, each such read waits for the queue). The ``meta`` device has no data at all:
+    any read of a value (``tolist``, ``item``, ``int``, a mask without a size) fails there."""
+    import copy
+
+    _, net, _, (train_data, _, _) = prepare_in(
+        tmp_path, model, seq_config(data_root, MAX_ITEM_LIST_LENGTH=L, n_layers=2, **NO_DROPOUT)
+    )
+    assert net.packing
+    batch = next(iter(train_data))
+    if model == "FLAME":
+        net.load_frozen(copy.deepcopy(net.learnable.state_dict()))
+    net.train().to("meta")
+    losses = net.calculate_loss(batch.to("meta"))
+    loss = sum(losses) if isinstance(losses, tuple) else losses
+    assert loss.device.type == "meta"
+    loss.backward()
+
+
+def test_the_loaders_layout_gives_the_same_loss_as_one_computed_in_the_step(data_root, tmp_path):
+    from recbole.data.interaction import Interaction
+
+    from recbole_flame.model.layers.packing import row_layout
+
+    _, net, _, (train_data, _, _) = prepare_in(
+        tmp_path, "SASRec", seq_config(data_root, MAX_ITEM_LIST_LENGTH=L, n_layers=2, **NO_DROPOUT)
+    )
+    batch = next(iter(train_data))
+    expected = row_layout(batch["item_length"])
+    assert batch.layout.n_rows == expected.n_rows and batch.layout.width == expected.width
+    assert torch.equal(batch.layout.rows, expected.rows)
+    assert batch.layout.total == int(batch["item_length"].sum())
+    net.train()
+    torch.manual_seed(0)
+    with_layout = net.calculate_loss(batch)
+    torch.manual_seed(0)
+    without = net.calculate_loss(Interaction(dict(batch.interaction)))
+    assert torch.equal(with_layout, without)

@@ -8,7 +8,13 @@ import math
 
 import pytest
 
-from recbole_flame.experiment.stats import format_mean_sd, mean_sd, mean_sd_text, paired_test
+from recbole_flame.experiment.stats import (
+    format_mean_sd,
+    holm,
+    mean_sd,
+    mean_sd_text,
+    paired_test,
+)
 
 
 def test_mean_and_sample_sd_of_one_two_three() -> None:
@@ -61,3 +67,21 @@ def test_paired_test_needs_two_equal_length_samples() -> None:
         paired_test([1.0], [2.0])
     with pytest.raises(ValueError):
         paired_test([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_holm_multiplies_the_sorted_p_values_by_m_down_to_1_and_keeps_their_order() -> None:
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01 = 0.03, 2 * 0.03 = 0.06, 1 * 0.04 = 0.04, raised to
+    # 0.06 so that a larger raw p never gets a smaller adjusted one
+    adjusted = holm([0.01, 0.04, 0.03])
+    assert [round(p, 12) for p in adjusted] == [0.03, 0.06, 0.06]
+    # capped at 1; one p-value is its own family
+    assert holm([0.6, 0.7]) == [1.0, 1.0]
+    assert holm([0.2]) == [0.2]
+
+
+def test_holm_leaves_untested_pairs_out_of_the_family() -> None:
+    # None and NaN (identical runs) are no test: the family is the two real p-values
+    adjusted = holm([0.02, None, float("nan"), 0.5])
+    assert adjusted[1] is None and adjusted[2] is None
+    assert math.isclose(adjusted[0], 0.04) and math.isclose(adjusted[3], 0.5)
+    assert holm([]) == []

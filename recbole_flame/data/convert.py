@@ -146,7 +146,8 @@ def _write_lines(target: Path, lines: Callable[[], Iterable[str]]) -> None:
 def _from_sequences(src: Path, target: Path) -> Converted:
     rows: list[tuple[str, list[str]]] = []
     seen: set[str] = set()
-    with open(src, encoding="utf-8", errors="replace") as f:
+    # utf-8-sig: a byte-order mark would otherwise make the first user id unreadable
+    with open(src, encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, 1):
             ids = line.split()
             if not ids:
@@ -199,8 +200,14 @@ def _read_table(src: Path, kind: str):
     try:
         if kind == "parquet":
             return pd.read_parquet(src)
+        # utf-8-sig: a spreadsheet's export often starts with a byte-order mark, which would
+        # otherwise become part of the first column's name ("\ufeffuser" is no user column).
         return pd.read_csv(
-            src, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False
+            src,
+            sep="," if kind == "csv" else "\t",
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
         )
     except ImportError as exc:  # parquet without pyarrow/fastparquet
         raise ConvertError(
@@ -216,11 +223,19 @@ def _as_seconds(values, name: str, src: Path):
     epoch (UTC)."""
     import pandas as pd
 
-    numbers = pd.to_numeric(values, errors="coerce")
-    if numbers.notna().all():
+    empty = values.isna() | (values.astype(str).str.strip() == "")
+    if empty.any():
+        row = int(empty.to_numpy().nonzero()[0][0])
+        raise ConvertError(f"{src}: time column '{name}' is empty at row {row + 2}")
+    # A parquet datetime column is not a number of seconds: to_numeric would give nanoseconds.
+    dated = pd.api.types.is_datetime64_any_dtype(values)
+    numbers = None if dated else pd.to_numeric(values, errors="coerce")
+    if numbers is not None and numbers.notna().all():
         return numbers.astype(float)
     try:
-        parsed = pd.to_datetime(values, utc=True, format="mixed")
+        parsed = values.dt.tz_localize("UTC") if dated and values.dt.tz is None else values
+        if not dated:
+            parsed = pd.to_datetime(values, utc=True, format="mixed")
     except (ValueError, TypeError) as exc:
         reason = " ".join(str(exc).split())[:80]
         raise ConvertError(
@@ -233,6 +248,29 @@ def _as_seconds(values, name: str, src: Path):
             f"{src}: time column '{name}' has an empty or unreadable value at row {row + 2}"
         )
     return (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+
+
+def _number_text(value: float) -> str:
+    """A float column's value as the atomic file holds it: whole numbers without a decimal
+    point (a time of 1609459200123 ms stays exact, where a fixed number of significant digits
+    would round it and tie neighbouring events), others as Python's shortest exact repr, and
+    a missing value as an empty field."""
+    value = float(value)
+    if value != value:
+        return ""
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def _as_tokens(values):
+    """Ids and other tokens as text: numbers a parquet file stores as floats (1.0) become the
+    id they stand for (1), so the same id reads the same from a CSV and from parquet."""
+    import pandas as pd
+
+    if pd.api.types.is_float_dtype(values):
+        return values.map(lambda v: "" if v != v else _number_text(v))
+    return values.astype(str).str.strip()
 
 
 def _from_table(src: Path, target: Path, kind: str, user, item, time) -> Converted:
@@ -248,9 +286,10 @@ def _from_table(src: Path, target: Path, kind: str, user, item, time) -> Convert
     }
     for role, flag in (("user_id", "--user"), ("item_id", "--item")):
         if found[role] is None:
+            usual = ", ".join(USER_NAMES if role == "user_id" else ITEM_NAMES)
             raise ConvertError(
                 f"{src}: no {role.split('_')[0]} column among {', '.join(columns)} (looked for "
-                f"{', '.join(USER_NAMES if role == 'user_id' else ITEM_NAMES)}); name it with {flag}=COL"
+                f"{usual}); name it with {flag}=COL"
             )
     if len(set(v for v in found.values() if v)) < sum(1 for v in found.values() if v):
         raise ConvertError(
@@ -262,7 +301,7 @@ def _from_table(src: Path, target: Path, kind: str, user, item, time) -> Convert
     header = []
     mapping: dict[str, str] = {}
     for role in ("user_id", "item_id"):
-        values = frame[found[role]].astype(str).str.strip()
+        values = _as_tokens(frame[found[role]])
         if (values == "").any():
             row = int((values == "").to_numpy().nonzero()[0][0])
             raise ConvertError(f"{src}: column '{found[role]}' is empty at row {row + 2}")
@@ -282,22 +321,29 @@ def _from_table(src: Path, target: Path, kind: str, user, item, time) -> Convert
             name += "_"
         taken.add(name)
         values = frame[column]
-        numbers = pd.to_numeric(values.replace("", None), errors="coerce")
-        if numbers.notna().sum() == (values.astype(str) != "").sum():
-            out[name] = numbers
+        given = values.notna() & (values.astype(str) != "")
+        numbers = pd.to_numeric(values.where(given, None), errors="coerce")
+        if pd.api.types.is_datetime64_any_dtype(values):  # parquet dates: seconds, as the time
+            dates = values.dt.tz_localize("UTC") if values.dt.tz is None else values
+            seconds = (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+            out[name] = seconds.map(_number_text)
+            header.append(f"{name}:float")
+        elif not pd.api.types.is_bool_dtype(values) and numbers.notna().sum() == given.sum():
+            out[name] = numbers.map(_number_text)
             header.append(f"{name}:float")
         else:
-            out[name] = values.astype(str)
+            out[name] = _as_tokens(values.where(given, ""))
             header.append(f"{name}:token")
         mapping[name] = column
+    if "timestamp" in out:
+        out["timestamp"] = out["timestamp"].map(_number_text)
     # A tab or a line break inside a value would split a row of the atomic file.
     for name in out.columns:
-        if out[name].dtype == object:
-            out[name] = out[name].str.replace(r"[\t\r\n]", " ", regex=True)
+        out[name] = out[name].str.replace(r"[\t\r\n]", " ", regex=True)
 
     def write(f) -> None:
         f.write(("\t".join(header) + "\n").encode("utf-8"))
-        out.to_csv(f, sep="\t", header=False, index=False, na_rep="", float_format="%.10g")
+        out.to_csv(f, sep="\t", header=False, index=False)
 
     atomic_write(target, write)
     done = Converted(target, out["user_id"].nunique(), len(out), out["item_id"].nunique(), mapping)

@@ -19,6 +19,7 @@ import yaml
 from recbole.utils import ModelType
 from recbole.utils import url as recbole_url
 
+from recbole_flame.data.convert import ITEM_NAMES, TIME_NAMES, USER_NAMES, find_column
 from recbole_flame.utils.errors import ConfigError, DatasetNotFoundError
 from recbole_flame.utils.files import atomic_write
 from recbole_flame.utils.paths import dataset_yaml_files
@@ -67,9 +68,64 @@ def dataset_source(config: Any) -> str:
     if recbole_download_url(name) is not None and not config["benchmark_filename"]:
         return DOWNLOAD
     folder = Path(config["data_path"])
+    convertible = convertible_files(folder, name)
+    if convertible:
+        # A table or sequence file where the atomic file should be: the user's own export,
+        # which `convert` turns into the .inter file in one step.
+        path, source = convertible[0]
+        others = "".join(f", {p}" for p, _ in convertible[1:])
+        command = convert_command(path, source, name, folder.parent)
+        raise DatasetNotFoundError(
+            f"dataset '{name}' not found: no atomic file {folder / (name + '.inter')}, but "
+            f"{path} is there{f' (and {others[2:]})' if others else ''}; convert it first: "
+            f"{command}"
+        )
     raise DatasetNotFoundError(
         f"dataset '{name}' not found: no atomic files such as {folder / (name + '.inter')}; "
-        f"set data_path (e.g. --data_path=DIR) to the folder that holds {name}/"
+        f"set data_path (e.g. --data_path=DIR) to the folder that holds {name}/, or write them "
+        f"from a CSV with {_program()} convert FILE --dataset={name} --data_path=DIR"
+    )
+
+
+# File suffixes `recbole-flame convert` reads, and the --from it needs for each.
+_CONVERTIBLE = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "sequences",
+}
+
+
+def convertible_files(folder: Path, name: str) -> list[tuple[Path, str]]:
+    """Files ``convert`` could turn into the dataset's atomic files, with their source kind:
+    any table or ``.txt`` in the dataset's own folder, and ``<name>.<suffix>`` beside that
+    folder (where an export is often saved). Sorted, the dataset's own name first."""
+    found: list[Path] = []
+    if folder.is_dir():
+        found += [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _CONVERTIBLE]
+    found += [
+        folder.parent / f"{name}{suffix}"
+        for suffix in _CONVERTIBLE
+        if (folder.parent / f"{name}{suffix}").is_file()
+    ]
+    found.sort(key=lambda p: (p.stem != name, str(p)))
+    return [(p, _CONVERTIBLE[p.suffix.lower()]) for p in found]
+
+
+def _program() -> str:
+    from recbole_flame.cli import program_name
+
+    return "recbole-flame" if program_name() == "recbole-flame" else "python run_recbole_flame.py"
+
+
+def convert_command(path: Path, source: str, name: str, data_path: Path) -> str:
+    """The ``convert`` command that writes ``data_path/name/name.inter`` from ``path``."""
+    hint = " (if it holds one line per user: user item item ...)" if source == "sequences" else ""
+    return (
+        f"{_program()} convert --from={source} {path} --dataset={name} "
+        f"--data_path={data_path}{hint}"
     )
 
 
@@ -90,11 +146,22 @@ def provide_dataset(config: Any) -> str:
         check_time_field(config)  # the header could not be read before the download
         used = f"downloaded RecBole's copy from {url} to {folder}"
     else:
-        copy = ", recbole_flame's bundled copy" if (folder / _ORIGIN_NOTE).is_file() else ""
-        used = f"atomic files at {folder}{copy}"
+        used = f"atomic files at {folder}{_origin_of(folder / _ORIGIN_NOTE)}"
     if config["load_col"] is None and not dataset_yaml_files(name):
         used += "; it has no yaml of its own, so every column is loaded (load_col: ~)"
     return f"dataset {name}: {used}"
+
+
+def _origin_of(note: Path) -> str:
+    """What the ``ORIGIN.md`` beside atomic files says made them, for the log: the bundled
+    copy, or ``recbole-flame convert`` (which writes one too), or nothing without a note."""
+    if not note.is_file():
+        return ""
+    with open(note, encoding="utf-8", errors="replace") as f:
+        title = f.readline()
+    if "recbole-flame convert" in title:
+        return ", written by recbole-flame convert (origin: ORIGIN.md beside them)"
+    return ", recbole_flame's bundled copy"
 
 
 def materialise_bundled(name: str, folder: Path) -> Path:
@@ -220,6 +287,65 @@ def check_headers(config: Any) -> None:
                 )
 
 
+def check_id_fields(config: Any) -> None:
+    """Stop with one line, before any data is loaded, when an atomic file lacks the user or
+    item column RecBole will read (``USER_ID_FIELD``, ``ITEM_ID_FIELD``; RecBole itself stops
+    with a pandas ``KeyError``). The line names the columns the file has and the keys to set,
+    guessed from their usual names, and the time column too where a sequential model needs one
+    that is also named otherwise, so one fix covers all three."""
+    header = inter_header(config)
+    if header is None:
+        return
+    path, columns = header
+    wanted = [("USER_ID_FIELD", USER_NAMES), ("ITEM_ID_FIELD", ITEM_NAMES)]
+    missing = [(k, u) for k, u in wanted if config[k] is not None and config[k] not in columns]
+    if not missing:
+        for suffix, key in (("user", "USER_ID_FIELD"), ("item", "ITEM_ID_FIELD")):
+            _check_side_file(config, suffix, key)
+        return
+    time_field = config["TIME_FIELD"]
+    if needs_time_field(config) and time_field and time_field not in columns:
+        missing.append(("TIME_FIELD", TIME_NAMES))
+    named, unknown = [], []
+    for key, usual in missing:
+        guess = find_column(columns, None, usual, key, key)
+        (named if guess is not None else unknown).append((key, guess))
+    names = [f"'{config[key]}' ({key})" for key, _ in missing]
+    lacks = (
+        f"column {names[0]}"
+        if len(names) == 1
+        else f"columns {', '.join(names[:-1])} or {names[-1]}"
+    )
+    fix = []
+    if named:
+        fix.append("set " + " ".join(f"--{key}={guess}" for key, guess in named))
+    if unknown:
+        fix.append(
+            "set " + " and ".join(key for key, _ in unknown) + " to the file's column(s) for them"
+        )
+    raise ConfigError(
+        f"{path} has no {lacks}; its columns are {', '.join(columns)}: "
+        f"{' and '.join(fix)} (or the same keys in a yaml file)"
+    )
+
+
+def _check_side_file(config: Any, suffix: str, key: str) -> None:
+    """A ``.user`` or ``.item`` file must hold the id column that joins it to the ``.inter``
+    file."""
+    path = Path(config["data_path"]) / f"{config['dataset']}.{suffix}"
+    field = config[key]
+    if field is None or not path.is_file():
+        return
+    with open(path, encoding=config["encoding"], errors="replace") as f:
+        head = f.readline().rstrip("\r\n")
+    columns = [c.split(":")[0] for c in head.split(config["field_separator"])]
+    if field not in columns:
+        raise ConfigError(
+            f"{path} has no column '{field}' ({key}), which joins it to the .inter file; its "
+            f"columns are {', '.join(columns)}: name that column '{field}' in its header"
+        )
+
+
 def check_time_field(config: Any) -> None:
     """Stop with one line, before any data is loaded, when the model needs a time column
     (``needs_time_field``) that will not be loaded: ``TIME_FIELD`` unset (RecBole's sequential
@@ -265,6 +391,9 @@ def check_time_field(config: Any) -> None:
     header = inter_header(config)
     if header is not None and field not in header[1]:
         path, columns = header
+        guess = find_column(columns, None, TIME_NAMES, "time", "TIME_FIELD")
+        if guess is not None:  # a column with a usual time name: say the one setting needed
+            fix = f"its column '{guess}' looks like the time: set --TIME_FIELD={guess}"
         raise ConfigError(
             f"{why} ('{field}'), but {path} has no such column (it has {', '.join(columns)}); {fix}"
         )

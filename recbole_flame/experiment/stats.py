@@ -74,3 +74,21 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     diffs = tuple(x - y for x, y in zip(a, b, strict=True))
     mean, sd = mean_sd(diffs)
     return PairedTest(diffs, mean, sd, float(result.statistic), float(result.pvalue))
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down correction of a family of p-values, in their given order.
+
+    With the m tested p-values sorted ascending, the i-th (1-based) becomes
+    ``min(1, (m - i + 1) * p)``, raised where needed so the adjusted values keep the order of
+    the raw ones. It controls the chance of any false positive in the family, as Bonferroni
+    does, at less cost in power. ``None`` and NaN (no test, e.g. identical runs) are not part
+    of the family and stay ``None``.
+    """
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None and p == p)
+    adjusted: list[float | None] = [None] * len(pvalues)
+    m, running = len(tested), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

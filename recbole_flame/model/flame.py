@@ -40,7 +40,7 @@ from recbole_flame.model.authors_sasrec import (
     map_item_rows,
     rename_authors_state_dict,
 )
-from recbole_flame.model.layers.packing import PackedBatch
+from recbole_flame.model.layers.packing import PackedBatch, layout_of
 from recbole_flame.model.layers.sequence import dense_step_mask, first_trained_step, trim_batch
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.utils import distributed
@@ -392,7 +392,8 @@ class FLAME(SequentialRecommender):
         interaction = trim_batch(interaction, self.ITEM_SEQ_LEN, self.list_suffix)
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        packed = self.learnable.pack(item_seq, item_seq_len) if self.packing else None
+        layout = layout_of(interaction)
+        packed = self.learnable.pack(item_seq, item_seq_len, layout) if self.packing else None
         if self.dense:
             rec_loss = self.learnable.dense_loss(interaction)
         else:

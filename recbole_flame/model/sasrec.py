@@ -29,7 +29,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from recbole_flame.model.layers.attention import set_attention_impl
 from recbole_flame.model.layers.fast import use_fast_dropout, use_fused_activation
-from recbole_flame.model.layers.packing import PackedBatch, pack_sequences
+from recbole_flame.model.layers.packing import PackedBatch, RowLayout, layout_of, pack_sequences
 from recbole_flame.model.layers.sequence import (
     dense_targets,
     first_trained_step,
@@ -52,6 +52,7 @@ class SASRec(RecBoleSASRec):
         self.position_alignment = config["position_alignment"] or "start"
         # Prefix training packs several samples a row (layers/packing.py): the same loss.
         self.packing = bool(config["sequence_packing"]) and not self.dense
+        self._batch_layout: RowLayout | None = None
         use_fast_dropout(self)  # same distribution, cheaper masks on CPU
         use_fused_activation(self.trm_encoder, config["hidden_act"])  # same function, one kernel
         # Same weights and names; SDPA where it is exact and faster (see layers/attention.py).
@@ -82,9 +83,14 @@ class SASRec(RecBoleSASRec):
         emb = self.item_embedding(item_seq) + self.position_embedding(positions)
         return self.dropout(self.LayerNorm(emb))
 
-    def pack(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> PackedBatch:
-        """``item_seq`` packed several samples a row, with this model's position ids."""
-        return pack_sequences(item_seq, item_seq_len, self.max_seq_length, self.position_alignment)
+    def pack(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, layout: RowLayout | None = None
+    ) -> PackedBatch:
+        """``item_seq`` packed several samples a row, with this model's position ids
+        (``layout``: the rows the data loader computed, else computed here)."""
+        return pack_sequences(
+            item_seq, item_seq_len, self.max_seq_length, self.position_alignment, layout=layout
+        )
 
     def encode_packed(self, packed: PackedBatch) -> torch.Tensor:
         """The last layer's output at every packed position (R x W x d)."""
@@ -102,7 +108,7 @@ class SASRec(RecBoleSASRec):
         """The output at each sequence's last real step (B x d), as RecBole's SASRec; packed in
         prefix training."""
         if self.packing and self.training:
-            packed = self.pack(item_seq, item_seq_len)
+            packed = self.pack(item_seq, item_seq_len, self._batch_layout)
             return packed.gather(self.encode_packed(packed))
         return self.gather_indexes(self.encode_all(item_seq, item_seq_len), item_seq_len - 1)
 
@@ -119,4 +125,10 @@ class SASRec(RecBoleSASRec):
         interaction = trim_batch(interaction, self.ITEM_SEQ_LEN, self.list_suffix)
         if self.dense:
             return self.dense_loss(interaction)
-        return super().calculate_loss(interaction)
+        # RecBole's calculate_loss calls forward(item_seq, item_seq_len): the batch's packing
+        # layout reaches it through the model for that one call.
+        self._batch_layout = layout_of(interaction)
+        try:
+            return super().calculate_loss(interaction)
+        finally:
+            self._batch_layout = None

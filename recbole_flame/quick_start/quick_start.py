@@ -5,21 +5,25 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from logging import getLogger
 from typing import Any
 
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_logger, init_seed
+from recbole.utils import ModelType, init_logger, init_seed
 
 from recbole_flame.config import Config
 from recbole_flame.data import apply_history_limit, dense_train_dataloader
 from recbole_flame.data.datasets import (
     check_headers,
+    check_id_fields,
     check_time_field,
     dataset_source,
     provide_dataset,
 )
+from recbole_flame.data.packed import lay_out_in_loader
+from recbole_flame.trainer.trainer import TrainingInterrupted
 from recbole_flame.utils import distributed
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.registry import available_models, get_model, get_trainer
@@ -51,6 +55,40 @@ def check_train_mode(config: Config) -> None:
         )
     if problem is not None:
         raise ConfigError(f"{name}: {problem}")
+
+
+# Fewer training steps an epoch than this get a warning: each validation then follows a
+# handful of updates, so early stopping and a search compare barely trained models (ml-100k,
+# dense, batch 2048: two steps an epoch, and a two-trial search tied).
+MIN_STEPS_PER_EPOCH = 10
+
+
+def few_steps_warning(config: Config, train_data) -> str | None:
+    """A line when an epoch of ``train_data`` (the loader ``fit`` will iterate: its length is
+    the optimizer steps of an epoch, on this process) has fewer than MIN_STEPS_PER_EPOCH
+    steps, naming the batch size, the train mode and a batch size that gives enough steps."""
+    steps = len(train_data)
+    if steps >= MIN_STEPS_PER_EPOCH:
+        return None
+    rows = len(train_data._dataset)
+    batch = config["train_batch_size"]
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        unit = "windows" if config["train_mode"] == "dense" else "prefix rows"
+        mode = f"train_mode {config['train_mode']}"
+        if config["train_mode"] == "prefix" and config["sequence_packing"]:
+            mode += ", sequence packing on (within each batch: the same steps)"
+    else:
+        unit, mode = "training rows", f"{config['model']} takes no train_mode"
+    # a loader with negative sampling fits fewer rows than train_batch_size into a step
+    rows_per_step = getattr(train_data, "step", batch) or batch
+    here = -(-rows // distributed.world_size())  # each process trains on its share
+    enough = max(1, batch * here // (MIN_STEPS_PER_EPOCH * rows_per_step))
+    return (
+        f"an epoch has only {steps} training step{'s' if steps != 1 else ''} ({rows} {unit}, "
+        f"train_batch_size {batch}, {mode}): each validation follows a handful of updates, so "
+        "early stopping and a search compare barely trained models; set train_batch_size to "
+        f"{enough} or less for {MIN_STEPS_PER_EPOCH} steps or more"
+    )
 
 
 def reset_logging(config: Config) -> None:
@@ -90,6 +128,7 @@ def checked_config(
     check_train_mode(config)
     check_dataset_on_disk(config)
     check_headers(config)  # a header without name:type fields or another separator: one line
+    check_id_fields(config)  # user or item column named otherwise: one line naming the keys
     check_time_field(config)  # a sequential model on data without a time column: one line
     provided = provide_dataset(config)  # at data_path, the bundled copy, or RecBole's download
     return config, provided
@@ -126,9 +165,14 @@ def prepare(
         before = len(train_data._dataset)
         train_data = dense_train_dataloader(config, train_data)
         logger.info(f"train_mode dense: {before} prefix rows -> {len(train_data._dataset)} windows")
+    few = few_steps_warning(config, train_data)
+    if few is not None:
+        logger.warning(few)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    if getattr(net, "packing", False):  # the row layout computed in the loader, on the CPU
+        lay_out_in_loader(train_data, config)
     logger.info(net)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     return config, net, trainer, (train_data, valid_data, test_data)
@@ -205,13 +249,24 @@ def train_and_test(
     """``fit`` on the training split with validation, then ``evaluate`` the best model on test."""
     train_data, valid_data, test_data = data
     logger = getLogger()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data,
-        valid_data,
-        saved=saved,
-        show_progress=config["show_progress"],
-        callback_fn=callback_fn,
-    )
+    start = time.perf_counter()
+    try:
+        with StepCounter() as steps:
+            best_valid_score, best_valid_result = trainer.fit(
+                train_data,
+                valid_data,
+                saved=saved,
+                show_progress=config["show_progress"],
+                callback_fn=callback_fn,
+            )
+    except TrainingInterrupted as exc:
+        if exc.resume_file is not None:
+            raise
+        # Nothing on disk to resume from: say how far it got, so a rerun is a known cost.
+        progress = interrupted_progress(
+            config, trainer, len(train_data), steps, time.perf_counter() - start
+        )
+        raise TrainingInterrupted(None, progress) from exc
     test_result = trainer.evaluate(
         test_data, load_best_model=True, show_progress=config["show_progress"]
     )
@@ -234,6 +289,52 @@ def train_and_test(
     result.update(trainer.result_extras())
     result.update(trainer.after_test(valid_data, test_data))
     return result
+
+
+class StepCounter:
+    """Counts optimizer steps while in use, per optimizer (a global post-step hook, so it also
+    sees an optimizer the trainer builds inside ``fit``, as FLAME's stage 1 does)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.last: int | None = None  # id() of the optimizer that stepped last
+        self._handle = None
+
+    def _hook(self, optimizer, _args, _kwargs) -> None:
+        self.counts[id(optimizer)] = self.counts.get(id(optimizer), 0) + 1
+        self.last = id(optimizer)
+
+    def __enter__(self) -> StepCounter:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._handle = register_optimizer_step_post_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def interrupted_progress(
+    config: Config, trainer, steps_per_epoch: int, steps: StepCounter, seconds: float
+) -> str:
+    """How far a run stopped by Ctrl-C before anything was saved got: `` after 52 s and 37
+    training steps (an epoch here is 380), before the first validation ...``."""
+    done = steps.counts.get(steps.last, 0) if steps.last is not None else 0
+    inner = steps.last is not None and steps.last != id(trainer.optimizer)
+    stage = " of FLAME stage 1" if inner and hasattr(trainer, "stage1_checkpoint") else ""
+    text = (
+        f" after {seconds:.0f} s and {done} training step{'s' if done != 1 else ''}{stage} (an "
+        f"epoch here is {steps_per_epoch})"
+    )
+    validations = len(getattr(trainer, "valid_history", []))
+    if validations and not inner:
+        return text + (
+            f", {validations} validation(s) done, but this run keeps its state in memory only "
+            "(saved=False)"
+        )
+    return text + (
+        f", before the first validation (after epoch {config['eval_step']}) saved the run's state"
+    )
 
 
 def objective_function(

@@ -75,10 +75,16 @@ def set_rng_state(
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; ``resume_file`` holds the last completed (validated) epoch."""
 
-    def __init__(self, resume_file: str | None) -> None:
+    def __init__(self, resume_file: str | None, progress: str = "") -> None:
         self.resume_file = resume_file
-        where = f"; resume with --resume={resume_file}" if resume_file else ""
-        super().__init__(f"interrupted during training{where}")
+        where = (
+            f"; resume with --resume={resume_file}"
+            if resume_file
+            else ": nothing was saved, so there is nothing to resume; run the same command to "
+            "start again"
+        )
+        # progress: how far it got (quick_start's train_and_test adds it), e.g. " after 52 s"
+        super().__init__(f"interrupted during training{progress}{where}")
 
 
 class HistoryExclusionMixin:

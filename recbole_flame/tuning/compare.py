@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import statistics
-import time
 from collections.abc import Sequence
 from logging import getLogger
 from pathlib import Path
@@ -17,13 +16,14 @@ import yaml
 from recbole.data.dataloader import FullSortEvalDataLoader
 
 from recbole_flame.config import Config
-from recbole_flame.experiment.stats import format_mean_sd, mean_sd, paired_test
+from recbole_flame.experiment.stats import format_mean_sd, holm, mean_sd, paired_test
 from recbole_flame.quick_start import prepare, train_and_test
 from recbole_flame.tuning.per_user import held_out_ranks, paired_users
 from recbole_flame.tuning.search import absolute_paths
 from recbole_flame.utils.checkpoint import plain
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.paths import profile
+from recbole_flame.utils.timing import timed
 
 # Settings that decide which interactions a model trains and is tested on, and how it is
 # scored: models compared side by side must agree on all of them.
@@ -71,9 +71,7 @@ def inference_seconds_per_batch(trainer, test_data, batches: int = 10) -> float:
         for i, batch in enumerate(test_data):
             if i >= batches:
                 break
-            start = time.perf_counter()
-            score(batch)
-            times.append(time.perf_counter() - start)
+            times.append(timed(lambda batch=batch: score(batch)))
     return statistics.median(times) if times else float("nan")
 
 
@@ -162,7 +160,7 @@ def run_comparison(
             )
             if hasattr(net, "scoring_with") and result.get("stage1_test_result"):
                 runs.append(frozen_run(runs[-1], result, net, trainer, data[2]))
-    summary = summarize(runs, notes)
+    summary = summarize(runs, notes, dataset)
     write_outputs(summary, Path(output_dir))
     return summary
 
@@ -213,12 +211,113 @@ def frozen_run(learnable: dict, result: dict, net, trainer, test_data) -> dict[s
 # Fewer paired seeds than this give no across-seed p-value (two equal differences gave
 # "p = 0.000" once; a t-test on 2 pairs has 1 degree of freedom).
 MIN_SEEDS_FOR_P = 3
+# A line says so when one model has more than this many times another's parameters.
+PARAMETER_RATIO = 2.0
+# The level the verdict line calls a corrected p-value significant at.
+ALPHA = 0.05
 
 
-def summarize(runs: list[dict[str, Any]], notes: Sequence[str] = ()) -> dict[str, Any]:
-    """Mean and std per model; each model against the first: a paired t-test across seeds
-    (from MIN_SEEDS_FOR_P seeds) and, per seed, a paired t-test over test users on the
-    validation metric."""
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (``logloss``: yes; ``ndcg@10``: no), by
+    RecBole's own list of such metrics."""
+    from recbole.evaluator.register import smaller_metrics
+
+    return metric.split("@")[0].lower() in smaller_metrics
+
+
+def best_models(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, list[str]]:
+    """Per metric, the model(s) with the best mean (ties share it; NaN means never win)."""
+    best = {}
+    for metric in metrics:
+        means = [(row[metric]["mean"], row["model"]) for row in rows]
+        means = [(m, model) for m, model in means if m == m]
+        if not means:
+            best[metric] = []
+            continue
+        top = (min if lower_is_better(metric) else max)(m for m, _ in means)
+        best[metric] = [model for m, model in means if m == top]
+    return best
+
+
+def pairwise_tests(
+    by_model: dict[str, list[dict[str, Any]]], models: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Every pair of models, later minus earlier (``a - b``): per metric the per-seed test
+    differences, the seeds on which ``a`` was better and, from MIN_SEEDS_FOR_P seeds, a paired
+    t-test across seeds; per seed a paired t-test over test users on the validation metric.
+    Each p-value has its Holm correction (``p_holm``) over the pairs: for the across-seed tests
+    the family is one metric's pairs, for the per-user tests one seed's pairs."""
+    pairs = []
+    for i, b in enumerate(models):
+        for a in models[i + 1 :]:
+            runs_a = {r["seed"]: r for r in by_model[a]}
+            runs_b = {r["seed"]: r for r in by_model[b]}
+            seeds = sorted(set(runs_a) & set(runs_b))
+            entry: dict[str, Any] = {"a": a, "b": b, "seeds": seeds, "metrics": {}, "per_user": {}}
+            for metric in metrics:
+                va = [runs_a[s]["test_result"][metric] for s in seeds]
+                vb = [runs_b[s]["test_result"][metric] for s in seeds]
+                diffs = [x - y for x, y in zip(va, vb, strict=True)]
+                sign = -1 if lower_is_better(metric) else 1
+                # The same difference on every seed (metrics are rounded to 4 digits, so it
+                # happens) leaves the t-test nothing but rounding noise: p 0 or NaN, no test.
+                spread = max(diffs) - min(diffs) if diffs else 0.0
+                constant = spread <= 1e-12 * max([1.0, *(abs(d) for d in diffs)])
+                p = None
+                if len(seeds) >= MIN_SEEDS_FOR_P and not constant:
+                    p = paired_test(va, vb).p
+                entry["metrics"][metric] = {
+                    "mean_diff": statistics.fmean(diffs) if diffs else float("nan"),
+                    "diffs": diffs,
+                    "a_better_seeds": sum(1 for d in diffs if sign * d > 0),
+                    "same_on_every_seed": len(diffs) > 1 and constant,
+                    "p": None if p is None or p != p else p,
+                    "p_holm": None,
+                }
+            for seed in seeds:
+                ra, rb = runs_a[seed], runs_b[seed]
+                if ra["ranks"] is not None and rb["ranks"] is not None:
+                    metric = ra["valid_metric"].lower()
+                    test = paired_users(ra["ranks"], rb["ranks"], metric)
+                    entry["per_user"][seed] = {"metric": metric, **test, "p_holm": None}
+            pairs.append(entry)
+    for metric in metrics:
+        cells = [pair["metrics"][metric] for pair in pairs]
+        for cell, adjusted in zip(cells, holm([c["p"] for c in cells]), strict=True):
+            cell["p_holm"] = adjusted
+    for seed in sorted({s for pair in pairs for s in pair["per_user"]}):
+        tests = [pair["per_user"][seed] for pair in pairs if seed in pair["per_user"]]
+        for test, adjusted in zip(tests, holm([t["p"] for t in tests]), strict=True):
+            test["p_holm"] = adjusted
+    return pairs
+
+
+def parameter_note(rows: Sequence[dict[str, Any]]) -> str | None:
+    """One line when a model has more than PARAMETER_RATIO times the parameters of the
+    smallest: a score difference may then be one of size, not of method."""
+    sized = [(row["parameters"], row["model"]) for row in rows if row["parameters"] > 0]
+    if len(sized) < 2:
+        return None
+    smallest, name = min(sized)
+    larger = [(n, m) for n, m in sized if n > PARAMETER_RATIO * smallest]
+    if not larger:
+        return None
+    listed = ", ".join(f"{m} has {n:,} ({n / smallest:.1f}x)" for n, m in larger)
+    return (
+        f"parameters differ by more than {PARAMETER_RATIO:g}x: {listed} against {name}'s "
+        f"{smallest:,}; part of a score difference may be size, not method (match hidden_size "
+        "or embedding_size to compare like with like)"
+    )
+
+
+def summarize(
+    runs: list[dict[str, Any]], notes: Sequence[str] = (), dataset: str | None = None
+) -> dict[str, Any]:
+    """Mean and std per model and the best model per metric; between every pair of models,
+    paired tests across seeds (from MIN_SEEDS_FOR_P seeds) and per seed over test users, Holm-
+    corrected (:func:`pairwise_tests`); a line when parameter counts differ by more than
+    PARAMETER_RATIO. ``p_vs_first`` and ``per_user_vs_first`` keep each model's uncorrected
+    tests against the first model, as before."""
     models = list(dict.fromkeys(r["model"] for r in runs))
     metrics = list(runs[0]["test_result"])
     by_model = {
@@ -255,14 +354,80 @@ def summarize(runs: list[dict[str, Any]], notes: Sequence[str] = ()) -> dict[str
         row["parameters"] = mine[0]["parameters"]
         row["settings"] = mine[0]["settings"]
         rows.append(row)
+    best = best_models(rows, metrics)
+    for row in rows:
+        for metric in metrics:
+            row[metric]["best"] = row["model"] in best[metric]
     kept = [{k: v for k, v in r.items() if k != "ranks"} for r in runs]
     return {
+        "dataset": dataset,
         "models": models,
         "metrics": metrics,
         "rows": rows,
+        "best": best,
+        "pairwise": pairwise_tests(by_model, models, metrics),
+        "parameter_note": parameter_note(rows),
         "notes": list(notes),
         "runs": plain(kept),
     }
+
+
+def _p_text(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
+def _pair_cell(cell: dict[str, Any], seeds: int) -> str:
+    """``+0.0012, 3/3 seeds, p=0.04``: mean difference, seeds won, Holm-corrected p."""
+    text = f"{cell['mean_diff']:+.4f}, {cell['a_better_seeds']}/{seeds} seeds"
+    if cell["p_holm"] is not None:
+        text += f", p={cell['p_holm']:.3g}"
+    elif cell.get("same_on_every_seed"):
+        text += ", the same on every seed"
+    return text
+
+
+def verdict(summary: dict[str, Any]) -> str | None:
+    """Who won on the validation metric's test value, and whether the lead over each other
+    model holds up under the corrected tests."""
+    metric = summary["runs"][0]["valid_metric"].lower()
+    if metric not in summary["metrics"] or not summary["best"].get(metric):
+        return None
+    winners = summary["best"][metric]
+    rows = {row["model"]: row for row in summary["rows"]}
+    seeds = len(summary["rows"][0]["seeds"])
+    text = (
+        f"Best on test {metric} (the validation metric): {' and '.join(winners)} "
+        f"({rows[winners[0]][metric]['mean']:.4f})"
+    )
+    leads = []
+    for pair in summary["pairwise"]:
+        if winners[0] not in (pair["a"], pair["b"]):
+            continue
+        other = pair["b"] if pair["a"] == winners[0] else pair["a"]
+        if other in winners:
+            continue
+        sign = 1 if pair["a"] == winners[0] else -1
+        cell = pair["metrics"][metric]
+        lead = f"over {other} by {sign * cell['mean_diff']:+.4f}"
+        if cell["p_holm"] is not None:
+            held = "significant" if cell["p_holm"] < ALPHA else "not significant"
+            lead += f" ({held} across seeds, Holm p = {cell['p_holm']:.3g})"
+        elif pair["per_user"]:
+            tests = list(pair["per_user"].values())
+            held = sum(1 for t in tests if t["p_holm"] is not None and t["p_holm"] < ALPHA)
+            lead += (
+                f" (per user significant on {held} of {len(tests)} seed(s), Holm; fewer than "
+                f"{MIN_SEEDS_FOR_P} seeds give no test across seeds)"
+            )
+        leads.append(lead)
+    if leads:
+        text += ": " + "; ".join(leads)
+    if seeds < MIN_SEEDS_FOR_P:
+        text += (
+            f". With {seeds} seed(s) the seed-to-seed spread is untested; "
+            f"{MIN_SEEDS_FOR_P} or more seeds test it"
+        )
+    return text + "."
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -282,9 +447,7 @@ def markdown(summary: dict[str, Any]) -> str:
         for metric in metrics:
             cell = row[metric]
             text = format_mean_sd(cell["mean"], cell["std"], len(row["seeds"]))
-            if cell["p_vs_first"] is not None:
-                text += f" (p={cell['p_vs_first']:.3f})"
-            cells.append(text)
+            cells.append(f"**{text}**" if cell.get("best") else text)
         cells += [
             f"{row['best_epoch']:.1f}",
             f"{row['seconds_to_best']:.0f}"
@@ -296,28 +459,64 @@ def markdown(summary: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = summary["rows"][0]["seeds"]
-    first = summary["models"][0]
+    pairs = summary.get("pairwise", [])
+    lower = [m for m in metrics if lower_is_better(m)]
     note = (
         f"\nTest metrics of the best-validation model; epochs and wall time (training and "
         f"validation) until the best validation epoch; seeds {seeds}"
     )
     if len(seeds) > 1:
         note += "; mean ± std"
-    if len(seeds) >= MIN_SEEDS_FOR_P:
-        note += f"; p: paired t-test across seeds against {first}"
-    else:
+    note += "; bold: the best model per metric (highest"
+    note += f"; lowest for {', '.join(lower)})" if lower else ")"
+    if len(seeds) < MIN_SEEDS_FOR_P:
         note += f"; no p-value across seeds (fewer than {MIN_SEEDS_FOR_P})"
     note += "."
-    for row in summary["rows"]:
-        for seed, t in row["per_user_vs_first"].items():
-            note += (
-                f"\n{row['model']} - {first}, seed {seed}, test {t['metric']} per user over "
-                f"{t['users']} users: {t['mean_diff']:+.4f} ({t['relative_diff']:+.1%}), "
-                f"paired t = {t['t']:.2f}, p = {t['p']:.3g}"
+    text = "\n".join(lines) + note
+    if pairs and len(seeds) > 1:
+        lines = [
+            "| pair | " + " | ".join(metrics) + " |",
+            "|" + "---|" * (len(metrics) + 1),
+        ]
+        for pair in pairs:
+            n = len(pair["seeds"])
+            cells = [_pair_cell(pair["metrics"][m], n) for m in metrics]
+            lines.append(f"| {pair['a']} - {pair['b']} | " + " | ".join(cells) + " |")
+        how = (
+            f"p: paired t-test across seeds, Holm-corrected over the {len(pairs)} pairs of each "
+            "metric"
+            if len(seeds) >= MIN_SEEDS_FOR_P
+            else f"no p-value: a t-test across seeds needs {MIN_SEEDS_FOR_P} or more; the "
+            "per-user tests below are each seed's evidence"
+        )
+        better = f" (lower is better for {', '.join(lower)})" if lower else ""
+        text += (
+            "\n\nEvery pair, a - b: the mean test difference, the seeds on which a was "
+            f"better{better}, {how}.\n\n" + "\n".join(lines)
+        )
+    tested = [(pair, seed, t) for pair in pairs for seed, t in pair["per_user"].items()]
+    if tested:
+        per_seed = len(pairs)
+        text += (
+            "\n\nPer seed, every pair on the same test users: paired t-test over users on the "
+            f"validation metric; Holm p corrected over the {per_seed} pairs of that seed."
+        )
+        for pair, seed, t in tested:
+            # relative to b, which a model scoring 0 on every user leaves undefined
+            relative = t["relative_diff"]
+            relative = f" ({relative:+.1%})" if relative == relative else ""
+            text += (
+                f"\n{pair['a']} - {pair['b']}, seed {seed}, test {t['metric']} per user over "
+                f"{t['users']} users: {t['mean_diff']:+.4f}{relative}, "
+                f"paired t = {t['t']:.2f}, p = {t['p']:.3g}, Holm p = {_p_text(t['p_holm'])}"
             )
-    for line in summary.get("notes", []):
-        note += f"\n{line}"
-    return "\n".join(lines) + note
+    said = verdict(summary) if pairs else None
+    if said:
+        text += f"\n\n{said}"
+    extra = [summary["parameter_note"]] if summary.get("parameter_note") else []
+    for line in [*extra, *summary.get("notes", [])]:
+        text += f"\n{line}"
+    return text
 
 
 def write_outputs(summary: dict[str, Any], folder: Path) -> None:
@@ -339,6 +538,7 @@ def write_outputs(summary: dict[str, Any], folder: Path) -> None:
                 ["model", *[f"{m}_{s}" for m in metrics for s in ("mean", "std", "p_vs_first")]]
                 + ["best_epoch", "seconds_to_best", "train_s_per_epoch"]
                 + ["inference_s_per_batch", "parameters"]
+                + [f"{m}_best" for m in metrics]
             )
             for row in summary["rows"]:
                 cells = [row["model"]]
@@ -351,10 +551,19 @@ def write_outputs(summary: dict[str, Any], folder: Path) -> None:
                     row["inference_seconds_per_batch"],
                     row["parameters"],
                 ]
+                cells += [int(bool(row[m].get("best"))) for m in metrics]
                 writer.writerow(cells)
 
     replace("comparison.csv", write_csv)
     replace("convergence.png", lambda p: plot_curves(summary, p))
+
+
+def plot_title(summary: dict[str, Any]) -> str:
+    """``ml-100k: validation NDCG@20 per epoch, mean over 3 seeds``."""
+    seeds = len(summary["rows"][0]["seeds"])
+    where = f"{summary['dataset']}: " if summary.get("dataset") else ""
+    over = f", mean over {seeds} seeds" if seeds > 1 else f", seed {summary['rows'][0]['seeds'][0]}"
+    return f"{where}validation {summary['runs'][0]['valid_metric']} per epoch{over}"
 
 
 def plot_curves(summary: dict[str, Any], path: Path) -> None:
@@ -377,8 +586,11 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {summary['runs'][0]['valid_metric']}")
+    title = plot_title(summary)
+    ax.set_title(title, fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
+    # the title also as the PNG's Title text chunk, so a reader (or a test) finds it by name
+    fig.savefig(path, format="png", dpi=120, metadata={"Title": title})
     plt.close(fig)

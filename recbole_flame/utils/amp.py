@@ -62,5 +62,9 @@ def full_precision(*tensors: torch.Tensor) -> Iterator[list[torch.Tensor]]:
     float32: a loss reduction, a log-sum-exp or a clamp near zero that half precision would
     round away or overflow."""
     device = tensors[0].device.type if tensors else "cpu"
+    cast = [t.float() if t.is_floating_point() else t for t in tensors]
+    if not torch.amp.is_autocast_available(device):  # e.g. meta: no autocast to turn off
+        yield cast
+        return
     with torch.autocast(device_type=device, enabled=False):
-        yield [t.float() if t.is_floating_point() else t for t in tensors]
+        yield cast

@@ -72,28 +72,71 @@ def assign_rows(lengths: list[int], width: int) -> tuple[list[int], list[int], i
     return rows, offsets, len(free)
 
 
+@dataclass(frozen=True)
+class RowLayout:
+    """Where each sample of a batch sits when packed: its row and its offset in it (both B),
+    the number of rows, their width and the real positions in all. Computed from the lengths on
+    the host, where the data loader builds the batch (``recbole_flame.data.packed``), so a
+    training step on a GPU never waits to read the lengths back."""
+
+    rows: torch.Tensor
+    offsets: torch.Tensor
+    n_rows: int
+    width: int
+    total: int
+
+    def to(self, device: torch.device | str) -> RowLayout:
+        return RowLayout(
+            self.rows.to(device, non_blocking=True),
+            self.offsets.to(device, non_blocking=True),
+            self.n_rows,
+            self.width,
+            self.total,
+        )
+
+
+def layout_of(interaction: object) -> RowLayout | None:
+    """The packing layout a batch carries, if its data loader computed one
+    (``recbole_flame.data.packed``)."""
+    return getattr(interaction, "layout", None)
+
+
+def row_layout(item_seq_len: torch.Tensor, width: int | None = None) -> RowLayout:
+    """The :class:`RowLayout` of a batch with real lengths ``item_seq_len`` (each >= 1), in rows
+    of ``width`` positions (default: the longest sample). Reads the lengths on the host."""
+    lengths = item_seq_len.tolist()
+    if min(lengths) < 1:
+        raise ValueError("sequence packing needs every sequence to hold at least one item")
+    width = width or max(lengths)
+    rows, offsets, n_rows = assign_rows(lengths, width)
+    return RowLayout(torch.tensor(rows), torch.tensor(offsets), n_rows, width, sum(lengths))
+
+
 def pack_sequences(
     item_seq: torch.Tensor,
     item_seq_len: torch.Tensor,
     max_len: int,
     alignment: str,
     width: int | None = None,
+    layout: RowLayout | None = None,
 ) -> PackedBatch:
     """Pack right-padded ``item_seq`` (B x l, real lengths ``item_seq_len``, each >= 1) into rows
     of ``width`` positions (default: the longest sample). Position ids follow ``alignment``
-    (``start`` or ``end``) for a model of ``max_len`` positions."""
+    (``start`` or ``end``) for a model of ``max_len`` positions. ``layout``: the batch's rows as
+    the data loader computed them (then nothing here reads a device value); default: computed
+    here from the lengths."""
     device = item_seq.device
-    lengths = item_seq_len.tolist()
-    if min(lengths) < 1:
-        raise ValueError("sequence packing needs every sequence to hold at least one item")
-    width = width or max(lengths)
-    rows, offsets, n_rows = assign_rows(lengths, width)
-    rows_t = torch.tensor(rows, device=device)
-    offsets_t = torch.tensor(offsets, device=device)
+    if layout is None:
+        layout = row_layout(item_seq_len, width)
+    layout = layout.to(device)
+    rows_t, offsets_t, n_rows, width = layout.rows, layout.offsets, layout.n_rows, layout.width
+    n = item_seq.size(0)
     # One entry per real position: its sample, its step t within the sample.
-    sample = torch.repeat_interleave(torch.arange(len(lengths), device=device), item_seq_len)
+    sample = torch.repeat_interleave(
+        torch.arange(n, device=device), item_seq_len, output_size=layout.total
+    )
     start = torch.cumsum(item_seq_len, 0) - item_seq_len
-    step = torch.arange(sample.numel(), device=device) - start[sample]
+    step = torch.arange(layout.total, device=device) - start[sample]
     dest = rows_t[sample] * width + offsets_t[sample] + step
     flat = n_rows * width
     items = item_seq.new_zeros(flat)
@@ -102,7 +145,7 @@ def pack_sequences(
     segments[dest] = sample
     # A sample's position ids are those it has unpacked, at its own steps.
     own = position_ids(item_seq_len, item_seq.size(1), max_len, alignment)
-    own = own.expand(len(lengths), -1)
+    own = own.expand(n, -1)
     positions = torch.full((flat,), max_len - 1, dtype=torch.long, device=device)
     positions[dest] = own[sample, step]
     return PackedBatch(

@@ -19,12 +19,16 @@ def trim_batch(interaction: Interaction, length_field: str, list_suffix: str) ->
     RecBole right-pads to L; for a model whose output at a real step ignores later steps (causal
     attention or a scan) the padding columns are pure cost. Returns a new Interaction.
     """
-    longest = int(interaction[length_field].max())
+    layout = getattr(interaction, "layout", None)
+    # A layout from the data loader knows the longest on the host: no read of the device.
+    longest = layout.width if layout is not None else int(interaction[length_field].max())
     fields = {}
     for name, value in interaction.interaction.items():
         if name.endswith(list_suffix) and value.dim() >= 2 and value.size(1) > longest:
             value = value[:, :longest]
         fields[name] = value
+    if layout is not None:
+        return type(interaction).wrap(Interaction(fields), layout)
     return Interaction(fields)
 
 
