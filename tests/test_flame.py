@@ -371,5 +371,11 @@ def test_stage1_cache_key_leaves_out_the_same_keys_as_before_the_one_home_move()
     added_since = {"nproc", "world_size", "offset", "ip", "port", "ddp_backend", "ddp_timeout"}
     assert written_without | added_since == NOT_STAGE1
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    for cache in (results / "results").rglob("flame_stage1/SASRec-*.pth"):
+    caches = [
+        path
+        for path in results.rglob("SASRec-*.pth")
+        if path.parent.name in ("stage1", "flame_stage1")  # committed stage-1 caches
+    ]
+    assert caches, f"no committed stage-1 cache under {results}"
+    for cache in caches:
         assert not added_since & set(load_checkpoint(cache)["stage1_key"]), cache
