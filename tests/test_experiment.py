@@ -457,6 +457,63 @@ def test_canet_table_puts_routed_runs_against_the_static_line_by_hand(tmp_path) 
     assert by_label["plain"][-2:] == ["-", "- |"]
 
 
+def test_flame_datasets_table_by_hand(tmp_path) -> None:
+    """The cross-dataset FLAME table takes each FLAME experiment in the authors' prefix recipe
+    (and no other), its dataset file, FLAME's and the frozen network's test NDCG@20 (the gain
+    worked by hand), the per-user p-value; before FLAME finishes, the frozen probe's score."""
+    from recbole_flame.experiment.report import flame_dataset_rows, flame_datasets_table
+
+    experiments = tmp_path / "benchmarks" / "experiments"
+    experiments.mkdir(parents=True)
+    recipe = "base: {train_mode: prefix, position_alignment: end%s}\n"
+    (experiments / "flame_a.yaml").write_text(
+        "dataset: toys\nseeds: [42]\n"
+        + recipe % ", frozen_checkpoint: w.pt"
+        + "runs:\n  FLAME: {model: FLAME}\n"
+    )
+    (experiments / "flame_b.yaml").write_text(
+        "dataset: yelp\nseeds: [42]\n" + recipe % "" + "runs:\n  FLAME: {model: FLAME}\n"
+    )
+    (experiments / "flame_dense.yaml").write_text(  # another recipe: not in the table
+        "dataset: toys\nseeds: [42]\nbase: {train_mode: dense, position_alignment: end}\n"
+        "runs:\n  FLAME: {model: FLAME}\n"
+    )
+    results = tmp_path / "benchmarks" / "results"
+    for name in ("flame_a", "flame_b", "flame_dense"):
+        (results / name).mkdir(parents=True)
+    (results / "flame_a" / "FLAME-seed42.json").write_text(
+        json.dumps(
+            {
+                "result": {
+                    "test_result": {"ndcg@20": 0.0750},
+                    "stage1_test_result": {"ndcg@20": 0.0600},
+                    "stage2_epoch_reaching_stage1_best": 7,
+                    "best_epoch": 30,
+                }
+            }
+        )
+    )
+    (results / "flame_a" / "dataset.json").write_text(
+        json.dumps({"users": 1200, "items": 300, "mean_length": 8.5})
+    )
+    (results / "flame_a" / "per_user-seed42.json").write_text(
+        json.dumps({"paired": {"FLAME - FLAME (frozen)": {"p": 0.004}}})
+    )
+    (results / "flame_b" / "frozen_score-seed42.json").write_text(
+        json.dumps({"test_result": {"ndcg@20": 0.0500}})
+    )
+    rows = flame_dataset_rows(tmp_path)
+    assert [r["experiment"] for r in rows] == ["flame_a", "flame_b"]
+    lines = flame_datasets_table(tmp_path).splitlines()
+    a = lines[2].split(" | ")
+    assert a[:2] == ["| toys", "the authors' released SASRec"]
+    assert a[2:5] == ["1,200", "300", "8.50"]
+    assert a[5:8] == ["0.0600", "0.0750", "+25.0% (p = 0.004)"]  # (0.075 - 0.06) / 0.06
+    assert a[8] == "7 (30)"
+    b = lines[3].split(" | ")
+    assert b[:2] == ["| yelp", "our stage 1"] and b[5:8] == ["0.0500", "-", "-"]
+
+
 def test_a_docs_marker_naming_nothing_stops_with_one_line(tmp_path) -> None:
     """Generated spans are filled by name; a name no table or spec has stops the report with a
     line naming it, and known markers keep their tags around the new body."""

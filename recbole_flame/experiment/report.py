@@ -266,6 +266,99 @@ def canet_table(root: Path, metric: str = "ndcg@10") -> str:
     return markdown_table(headers, rows)
 
 
+def flame_dataset_rows(root: Path, metric: str = "ndcg@20") -> list[dict[str, Any]]:
+    """One row per FLAME experiment in its authors' prefix recipe (a FLAME run, prefix
+    training, the authors' end-aligned positions), first seed: the dataset as its runs see it
+    (``dataset.json`` of ``benchmarks/probes/dataset_stats.py``), the frozen network's and
+    FLAME's test ``metric``, the per-user paired test (``per_user-seed<k>.json``) and how fast
+    stage 2 reached the frozen network's best validation score."""
+    rows = []
+    for spec in specs(root):
+        base = spec["base"]
+        flame = next((k for k, r in spec["runs"].items() if r.get("model") == "FLAME"), None)
+        if flame is None or base.get("train_mode") != "prefix":
+            continue
+        if base.get("position_alignment") != "end":
+            continue
+        out_dir = root / RESULTS / spec["name"]
+        seed = spec["seeds"][0]
+        stats_file = out_dir / "dataset.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+        frozen_given = bool(base.get("frozen_checkpoint"))
+        row: dict[str, Any] = {
+            "experiment": spec["name"],
+            "dataset": spec["dataset"],
+            "frozen": "the authors' released SASRec" if frozen_given else "our stage 1",
+            "stats": stats,
+            "state": status(spec, out_dir)[0],
+        }
+        record_file = result_file(out_dir, flame, seed)
+        if record_file.is_file():
+            result = json.loads(record_file.read_text())["result"]
+            row["flame"] = result["test_result"].get(metric)
+            row["frozen_score"] = (result.get("stage1_test_result") or {}).get(metric)
+            row["reached"] = result.get("stage2_epoch_reaching_stage1_best")
+            row["ratio"] = result.get("convergence_ratio")
+            row["best_epoch"] = result.get("best_epoch")
+        else:
+            probe = out_dir / f"frozen_score-seed{seed}.json"
+            if probe.is_file():
+                row["frozen_score"] = json.loads(probe.read_text())["test_result"].get(metric)
+        per_user = out_dir / f"per_user-seed{seed}.json"
+        if per_user.is_file():
+            paired = json.loads(per_user.read_text()).get("paired") or {}
+            test = next(iter(paired.values()), None)
+            row["p"] = test.get("p") if test else None
+        rows.append(row)
+    return rows
+
+
+def flame_datasets_table(root: Path, metric: str = "ndcg@20") -> str:
+    """:func:`flame_dataset_rows` as a table."""
+    rows = flame_dataset_rows(root, metric)
+    if not rows:
+        return "not run yet"
+    headers = [
+        "dataset",
+        "frozen SASRec",
+        "users",
+        "items",
+        "mean sequence length",
+        f"frozen test {metric}",
+        f"FLAME test {metric}",
+        "gain (p, per user)",
+        "stage-2 epoch reaching the frozen best valid (best epoch; convergence ratio)",
+        "state",
+    ]
+    table = []
+    for r in rows:
+        stats, flame, frozen = r["stats"], r.get("flame"), r.get("frozen_score")
+        gain = "-"
+        if flame is not None and frozen:
+            gain = f"{(flame - frozen) / frozen:+.1%}"
+            if r.get("p") is not None:
+                gain += f" (p = {r['p']:.2g})"
+        conv = "-"
+        if flame is not None:
+            conv = f"{r.get('reached') or 'never'} ({r.get('best_epoch')}"
+            conv += f"; {r['ratio']:.2g})" if r.get("ratio") else ")"
+        table.append(
+            [
+                r["dataset"],
+                r["frozen"],
+                f"{stats['users']:,}" if stats else "-",
+                f"{stats['items']:,}" if stats else "-",
+                f"{stats['mean_length']:.2f}" if stats else "-",
+                "-" if frozen is None else f"{frozen:.4f}",
+                "-" if flame is None else f"{flame:.4f}",
+                gain,
+                conv,
+                r["state"],
+            ]
+        )
+    return markdown_table(headers, table)
+
+
 PLOTS = {
     "flame_curves.png": (plot_flame, "FLAME against its stage-1 SASRec (dashed) or frozen network"),
     "dense_vs_prefix.png": (plot_dense, "Dense against prefix training, SASRec"),
@@ -496,7 +589,10 @@ MICRO_TABLES: dict[str, tuple[str, Any]] = {
 
 TABLE = marker("table")
 #: marker name -> renderer of the committed result files under the root
-RESULT_TABLES: dict[str, Any] = {"canet_accuracy_compute": canet_table}
+RESULT_TABLES: dict[str, Any] = {
+    "canet_accuracy_compute": canet_table,
+    "flame_datasets": flame_datasets_table,
+}
 
 
 def with_micro_tables(text: str, root: Path) -> str:
@@ -558,6 +654,15 @@ def results_page(root: Path, plots: list[str]) -> str:
             f"| [{spec['name']}](#{spec['name'].lower()}) | {spec.get('description', '')} | {state} | "
             f"{done} of {total} |"
         )
+    lines += [
+        "",
+        "## FLAME across the paper's datasets",
+        "",
+        "Each FLAME experiment in the authors' prefix recipe, first seed "
+        "([FLAME page](models/flame.md#across-the-papers-datasets)).",
+        "",
+        flame_datasets_table(root),
+    ]
     if plots:
         lines += ["", "## Plots", ""]
         for name in plots:
