@@ -10,7 +10,7 @@ import pytest
 
 from recbole_flame.tuning.compare import run_comparison
 from recbole_flame.tuning.hyper import HyperFileError, check_search_space, parse_hyper_file
-from recbole_flame.tuning.search import SearchSettings, run_search
+from recbole_flame.tuning.search import SearchFailed, SearchSettings, run_search
 from recbole_flame.utils import ConfigError
 from tests.conftest import TINY, seq_config
 
@@ -193,12 +193,41 @@ def test_max_concurrent_reaches_the_trial_generator(data_root, workdir, monkeypa
         assert seen["generator"].max_concurrent == expected
 
 
-def test_failing_trials_are_marked_and_the_search_ends(data_root, workdir):
+def test_a_search_whose_every_trial_fails_stops_with_the_first_error(data_root, workdir):
     # 16 is not a multiple of 3 heads: every trial raises when it builds the model.
-    summary = _search(data_root, workdir, "n_heads choice [3]\n", trials=2)
-    assert [row["status"].startswith("ERROR") for row in summary["trials"]] == [True, True]
-    assert summary["best_config"] is None
-    assert (workdir / "ray" / f"SASRec-{TINY}" / "search_results.json").is_file()
+    with pytest.raises(SearchFailed) as err:
+        _search(data_root, workdir, "n_heads choice [3]\n", trials=2)
+    message = str(err.value)
+    assert "\n" not in message and "every trial of the search failed" in message
+    assert "must be a multiple of n_heads" in message  # the trial's own error
+    written = json.loads((workdir / "ray" / f"SASRec-{TINY}" / "search_results.json").read_text())
+    assert [row["status"].startswith("ERROR") for row in written["trials"]] == [True, True]
+    assert written["best_config"] is None
+
+
+def test_a_dense_search_of_a_model_that_cannot_train_dense_stops_before_ray(
+    data_root, workdir, monkeypatch, capsys
+):
+    import ray
+
+    from recbole_flame.cli import main
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    hyper = _write(workdir, "learning_rate choice [0.001,0.01]\n")
+    code = main(
+        [
+            "--model=GRU4Rec",
+            f"--dataset={TINY}",
+            f"--data_path={data_root}",
+            f"--hyper={hyper}",
+            "--train_mode=dense",
+            "--trials=1",
+            "--gpu_id=",
+        ]
+    )
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1
+    assert "train_mode: dense is not available for GRU4Rec" in err[0]
 
 
 def test_comparison_writes_table_csv_json_png(data_root, workdir):

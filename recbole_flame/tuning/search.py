@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from recbole_flame.quick_start.quick_start import checked_config, prepare
 from recbole_flame.tuning.hyper import check_search_space, parse_hyper_file, search_space
 from recbole_flame.tuning.ray_api import tune_api
 from recbole_flame.utils.checkpoint import plain
-from recbole_flame.utils.errors import ConfigError
+from recbole_flame.utils.errors import ConfigError, UserError
 
 
 @dataclass
@@ -208,7 +209,27 @@ def run_search(settings: SearchSettings) -> dict[str, Any]:
         summary["best_valid_score"] = best["best_valid_score"]
         summary["test_result"] = _test_best(settings, config_files, overrides, best)
     _write(summary, experiment)
+    if not finished:
+        failed = [r["status"][len("ERROR: ") :] for r in rows if r["status"].startswith("ERROR")]
+        why = f"the first: {failed[0]}" if failed else "none reported a validation score"
+        raise SearchFailed(
+            f"every trial of the search failed ({why}); trials: {experiment}/trials.csv"
+        )
     return summary
+
+
+class SearchFailed(UserError):
+    """A search none of whose trials finished a validation."""
+
+
+def error_line(error: BaseException | str) -> str:
+    """The line of a trial's error that says what went wrong: Ray wraps the trial's exception
+    in its own text and traceback, whose last ``SomethingError: message`` line is the trial's."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
+            return line
+    return lines[0] if lines else type(error).__name__
 
 
 def _trial_rows(grid, names: list[str], mode: str) -> list[dict[str, Any]]:
@@ -230,7 +251,7 @@ def _trial_rows(grid, names: list[str], mode: str) -> list[dict[str, Any]]:
             last = history["end"].iloc[-1]
             end = last if isinstance(last, str) else ""  # Ray stores "" as NaN
         if error:
-            status = "ERROR: " + str(error).splitlines()[0][:120]
+            status = "ERROR: " + error_line(error)[:160]
         elif end:
             status = f"done: {end}"
         else:
