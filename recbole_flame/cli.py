@@ -5,6 +5,8 @@ python run_recbole_flame.py --model=FLAME --hyper=FLAME --trials=8              
 python run_recbole_flame.py --model=FLAME,SASRec,BERT4Rec --seeds=1,2,3          # compare
 python run_recbole_flame.py --model=FLAME --dataset=ml-100k --nproc=2           # 2 processes
 python run_recbole_flame.py --spec=benchmarks/experiments/flame_ml100k.yaml [--summary]  # experiment
+recbole-flame recommend --checkpoint=PATH --users=196,305 --k=10                # top-k
+recbole-flame export --checkpoint=PATH --to=sasrec|onnx|torchscript             # export
 """
 
 from __future__ import annotations
@@ -179,8 +181,20 @@ def _convert(argv: Sequence[str]) -> None:
     )
 
 
+def _recommend(argv: Sequence[str]) -> None:
+    from recbole_flame.inference.commands import recommend_main
+
+    recommend_main(argv)
+
+
+def _export(argv: Sequence[str]) -> None:
+    from recbole_flame.inference.commands import export_main
+
+    export_main(argv)
+
+
 # Verbs with their own options; the flat form (--model=X --dataset=Y ...) is RecBole's and stays.
-VERBS = {"convert": _convert}
+VERBS = {"convert": _convert, "recommend": _recommend, "export": _export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

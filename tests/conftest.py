@@ -1,8 +1,11 @@
-"""Shared fixtures: a small slice of ml-100k in RecBole's atomic format, and tiny configs."""
+"""Shared fixtures: a small slice of ml-100k in RecBole's atomic format, tiny configs, and the
+command line run in a fresh process."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +13,7 @@ import pytest
 import recbole
 
 ML100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
+SCRIPT = Path(__file__).resolve().parent.parent / "run_recbole_flame.py"
 TINY = "ml-tiny"
 N_USERS = 60
 
@@ -110,6 +114,23 @@ def prepare_in(folder: Path, model: str, config_dict: dict):
         return prepare(model, TINY, config_dict=config_dict)
     finally:
         os.chdir(cwd)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``run_recbole_flame.py`` with ``args`` in a fresh process, run in ``cwd``."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The one line a failed command printed (it must have failed, with one non-blank line on
+    stderr and no traceback)."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
 
 
 class DataStageReached(Exception):

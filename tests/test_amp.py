@@ -165,7 +165,7 @@ def test_the_canet_marginal_guide_stays_finite_in_float16(data_root, tmp_path):
 def test_cetnet_takes_its_probability_loss_outside_autocast(data_root, tmp_path, monkeypatch):
     """CUDA's autocast refuses ``binary_cross_entropy`` (CPU's allows it): the stand-in below
     refuses it inside any autocast region, as CUDA does."""
-    import recbole_flame.model.cetnet as cetnet
+    import recbole_flame.model.cetnet.fusion as fusion
 
     original = F.binary_cross_entropy
 
@@ -174,7 +174,7 @@ def test_cetnet_takes_its_probability_loss_outside_autocast(data_root, tmp_path,
             raise RuntimeError("binary_cross_entropy is unsafe to autocast")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(cetnet.F, "binary_cross_entropy", refusing)
+    monkeypatch.setattr(fusion.F, "binary_cross_entropy", refusing)
     _, net, _, (train_data, _, _) = prepare_in(tmp_path, "CETNet", ctr_config(data_root, seed=7))
     batch = next(iter(train_data))
     with torch.autocast("cpu", dtype=torch.bfloat16):

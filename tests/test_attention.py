@@ -13,6 +13,7 @@ from recbole.model.layers import MultiHeadAttention, TransformerLayer
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from recbole_flame.config import Config
+from recbole_flame.model.dataset_stub import DatasetStub
 from recbole_flame.model.flame import FLAME
 from recbole_flame.model.layers.attention import (
     SDPAMultiHeadAttention,
@@ -24,13 +25,6 @@ from recbole_flame.utils.errors import ConfigError
 
 N_ITEMS = 40
 ATOL = 1e-5
-
-
-class _Items:
-    """What SASRec and FLAME read from a dataset: the item count."""
-
-    def num(self, field: str) -> int:
-        return N_ITEMS
 
 
 def _config(model: str = "SASRec", **overrides) -> Config:
@@ -210,8 +204,8 @@ def _pair(impl: str = "sdpa", **overrides) -> tuple[SASRec, RecBoleSASRec]:
     """This package's SASRec in ``impl`` and RecBole's SASRec with the same weights."""
     config = _config(attention_impl=impl, **overrides)
     torch.manual_seed(0)
-    ours = SASRec(config, _Items())
-    theirs = RecBoleSASRec(config, _Items())
+    ours = SASRec(config, DatasetStub(N_ITEMS))
+    theirs = RecBoleSASRec(config, DatasetStub(N_ITEMS))
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
 
@@ -239,7 +233,8 @@ def test_state_dict_names_unchanged_and_parameters_kept():
     assert list(theirs.state_dict()) == list(ours.state_dict())
     # FLAME keeps its names too.
     flames = {
-        impl: FLAME(_config("FLAME", attention_impl=impl), _Items()) for impl in ("sdpa", "recbole")
+        impl: FLAME(_config("FLAME", attention_impl=impl), DatasetStub(N_ITEMS))
+        for impl in ("sdpa", "recbole")
     }
     assert list(flames["sdpa"].state_dict()) == list(flames["recbole"].state_dict())
     assert attention_impl(flames["sdpa"].frozen) == "sdpa"
@@ -249,18 +244,18 @@ def test_state_dict_names_unchanged_and_parameters_kept():
 def test_config_default_is_auto_and_bad_values_stop():
     config = _config()
     assert config["attention_impl"] == "auto"
-    model = SASRec(config, _Items())
+    model = SASRec(config, DatasetStub(N_ITEMS))
     layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
     assert layers and all(type(m) is SDPAMultiHeadAttention for m in layers)
     assert attention_impl(model) == "auto"
-    recbole = SASRec(_config(attention_impl="recbole"), _Items())
+    recbole = SASRec(_config(attention_impl="recbole"), DatasetStub(N_ITEMS))
     assert all(
         type(m) is MultiHeadAttention
         for m in recbole.modules()
         if isinstance(m, MultiHeadAttention)
     )
     with pytest.raises(ConfigError, match="attention_impl must be one of auto, sdpa, recbole"):
-        SASRec(_config(attention_impl="flash"), _Items())
+        SASRec(_config(attention_impl="flash"), DatasetStub(N_ITEMS))
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "auto"])
@@ -304,7 +299,7 @@ def test_flame_paths_equal_recbole_attention(path_mixing):
     for impl in ("recbole", "sdpa"):
         torch.manual_seed(0)
         models[impl] = FLAME(
-            _config("FLAME", attention_impl=impl, path_mixing=path_mixing), _Items()
+            _config("FLAME", attention_impl=impl, path_mixing=path_mixing), DatasetStub(N_ITEMS)
         ).eval()
     data = _interaction()
     seq, lens = data["item_id_list"], data["item_length"]

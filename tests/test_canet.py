@@ -20,8 +20,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole_flame.model.canet import route_flops
 from recbole_flame.quick_start import prepare, run
 from recbole_flame.utils import ConfigError
-from tests.conftest import TINY, prepare_in, seq_config
-from tests.test_cli import SCRIPT, _one_line_error
+from tests.conftest import SCRIPT, TINY, one_line_error, prepare_in, seq_config
 
 SMALL = dict(
     hidden_size_list=[8, 16],
@@ -693,7 +692,7 @@ def test_cli_bad_width_is_one_line(data_root, workdir):
         text=True,
     )
     assert proc.returncode != 0
-    line = _one_line_error(proc)
+    line = one_line_error(proc)
     assert "hidden_size_list" in line and "n_heads" in line
 
 

@@ -26,8 +26,7 @@ from recbole_flame.model.cetnet import (
 )
 from recbole_flame.quick_start import prepare, run
 from recbole_flame.utils import ConfigError
-from tests.conftest import TINY, ctr_config
-from tests.test_cli import SCRIPT, _cli, _one_line_error
+from tests.conftest import SCRIPT, TINY, ctr_config, one_line_error, run_cli
 
 EPS = 1e-7
 # Fixed logits for K=2 models and B=3 samples.
@@ -323,9 +322,9 @@ def test_diagnostics_equal_hand_formulas():
         # BCE(p_k, p) = H(p) + KL(p || p_k): the collaborative term and the part that pulls.
         pairs = list(zip(probs, fused, strict=True))
         collab += sum(p * _bce(q, 1.0) + (1 - p) * _bce(q, 0.0) for q, p in pairs) / 4
-        kl_k = sum(
-            p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)) for q, p in pairs
-        ) / 4
+        kl_k = (
+            sum(p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)) for q, p in pairs) / 4
+        )
         assert base["kl_fused_to_model"] == pytest.approx(kl_k)
         kl += kl_k
     assert got["loss"]["collab"] == pytest.approx(alpha * collab)
@@ -407,6 +406,6 @@ def test_bad_settings_stop_before_data(data_root, workdir, overrides, key):
 
 
 def test_cli_bad_base_model_is_one_line(tmp_path):
-    line = _one_line_error(_cli("--model=CETNet", "--base_models=[SASRec]", cwd=tmp_path))
+    line = one_line_error(run_cli("--model=CETNet", "--base_models=[SASRec]", cwd=tmp_path))
     assert "SASRec" in line and "DCNV2" in line
     assert SCRIPT.is_file()

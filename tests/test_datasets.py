@@ -23,9 +23,8 @@ from recbole_flame.config import Config
 from recbole_flame.data.datasets import bundled_file, check_time_field, provide_dataset
 from recbole_flame.quick_start import prepare, train_and_test
 from recbole_flame.utils import ConfigError
-from tests.conftest import ML100K, N_USERS, seq_config
+from tests.conftest import ML100K, N_USERS, SCRIPT, one_line_error, run_cli, seq_config
 from tests.test_canet import SMALL as CANET_SMALL
-from tests.test_cli import SCRIPT, _cli, _one_line_error
 from tests.test_tim4rec import TINY_MODEL as TIM4REC_TINY
 
 OWN, NO_TIME = "own-data", "own-notime"
@@ -106,8 +105,8 @@ def test_own_dataset_runs_one_epoch(run_name, own_root, workdir):
 
 
 def test_dataset_without_time_column_stops_in_one_line_before_loading(own_root, tmp_path):
-    proc = _cli("--model=FLAME", f"--dataset={NO_TIME}", f"--data_path={own_root}", cwd=tmp_path)
-    line = _one_line_error(proc)
+    proc = run_cli("--model=FLAME", f"--dataset={NO_TIME}", f"--data_path={own_root}", cwd=tmp_path)
+    line = one_line_error(proc)
     assert "TIME_FIELD" in line and "load_col" in line
     assert str(own_root / NO_TIME / f"{NO_TIME}.inter") in line and "user_id, item_id" in line
     assert not (tmp_path / "log").exists()  # stopped before the logger, let alone the data

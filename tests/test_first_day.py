@@ -14,8 +14,7 @@ from recbole_flame.cli import main, resolve_hyper
 from recbole_flame.config import Config, parse_cmd_args
 from recbole_flame.utils import ConfigError
 from recbole_flame.utils.paths import profile
-from tests.conftest import TINY
-from tests.test_cli import _one_line_error
+from tests.conftest import TINY, one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,12 +89,12 @@ def test_console_script_runs_from_any_folder(tmp_path):
     proc = subprocess.run(
         [str(script), "--model=SASRek"], cwd=tmp_path, capture_output=True, text=True
     )
-    line = _one_line_error(proc)
+    line = one_line_error(proc)
     assert line.startswith("recbole-flame: error: unknown model 'SASRek': did you mean 'SASRec'")
 
 
 def test_python_m_recbole_flame_is_the_cli(tmp_path):
-    line = _one_line_error(_module_cli("--model=SASRek", cwd=tmp_path))
+    line = one_line_error(_module_cli("--model=SASRek", cwd=tmp_path))
     assert line.startswith("recbole-flame: error: unknown model 'SASRek': did you mean 'SASRec'")
 
 

@@ -17,8 +17,7 @@ from recbole_flame.model.flame import annealed_lambda, info_nce, pair_weights
 from recbole_flame.quick_start import prepare, run
 from recbole_flame.utils import CheckpointError
 from recbole_flame.utils.checkpoint import load_checkpoint
-from tests.conftest import TINY, seq_config
-from tests.test_cli import SCRIPT, _one_line_error
+from tests.conftest import SCRIPT, TINY, one_line_error, seq_config
 
 
 def flame_config(data_root, **overrides):
@@ -347,16 +346,27 @@ def test_missing_frozen_checkpoint_is_one_line(data_root, tmp_path):
         text=True,
         timeout=600,
     )
-    line = _one_line_error(proc)
+    line = one_line_error(proc)
     assert str(missing) in line and "frozen_checkpoint" in line
+
+
+def test_every_flame_key_is_placed_on_one_side_of_the_stage1_key():
+    """The stage-1 cache lists FLAME's stage-2 keys itself, not from FLAME's rule table: a new
+    FLAME key fails here until it is put in that list (it does not change stage 1) or below
+    (it does, and stays in the key)."""
+    from recbole_flame.model.flame import KEY_RULES
+    from recbole_flame.trainer.stage1_cache import STAGE2_KEYS
+
+    changes_stage1 = {"loss_type"}  # a common key FLAME narrows: stage 1 trains with it
+    assert set(KEY_RULES) == STAGE2_KEYS | changes_stage1
 
 
 def test_stage1_cache_key_leaves_out_the_same_keys_as_before_the_one_home_move():
     """The stage-1 key is built from the package's one list of keys no run learns from plus
-    FLAME's own keys; it must leave out exactly what the committed caches were keyed without
-    (written out here), or every cached stage 1 of hours would be trained again. Keys added
-    since are left out too when, like the distributed-training keys, no run learns from them
-    and no committed cache's key holds them."""
+    FLAME's stage-2 keys; it must leave out exactly what the committed caches were keyed
+    without (written out here), or every cached stage 1 of hours would be trained again. Keys
+    added since are left out too when, like the distributed-training keys, no run learns from
+    them and no committed cache's key holds them."""
     from recbole_flame.trainer.stage1_cache import NOT_STAGE1
 
     written_without = set(
@@ -368,7 +378,17 @@ def test_stage1_cache_key_leaves_out_the_same_keys_as_before_the_one_home_move()
         config_files save_dataset save_dataloaders dataset_save_path dataloaders_save_path
         """.split()
     )
-    added_since = {"nproc", "world_size", "offset", "ip", "port", "ddp_backend", "ddp_timeout"}
+    added_since = {
+        "nproc",
+        "world_size",
+        "offset",
+        "ip",
+        "port",
+        "ddp_backend",
+        "ddp_timeout",
+        "eval_item_chunk",  # how full-sort scores are computed, not what they are
+        "prefix_loader",  # how the same prefix batches are built
+    }
     assert written_without | added_since == NOT_STAGE1
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     caches = [

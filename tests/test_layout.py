@@ -11,7 +11,8 @@ from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from recbole_flame.config import Config
 from recbole_flame.data import apply_history_limit
-from recbole_flame.model.flame import check_frozen_checkpoint
+from recbole_flame.model.dataset_stub import DatasetStub
+from recbole_flame.model.frozen import check_frozen_checkpoint
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.quick_start import prepare, run
 from recbole_flame.utils import CheckpointError, ConfigError
@@ -24,11 +25,6 @@ def _config(data_root, **overrides) -> Config:
     return Config(
         "SASRec", TINY, config_dict=seq_config(data_root, MAX_ITEM_LIST_LENGTH=L, **overrides)
     )
-
-
-class _Items:
-    def num(self, field: str) -> int:
-        return 40
 
 
 def _left_pad(seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
@@ -45,8 +41,8 @@ def test_end_positions_equal_a_left_padded_sasrec(data_root, width):
     left-padded, read at the last slot: the authors' layout."""
     config = _config(data_root, position_alignment="end")
     torch.manual_seed(0)
-    ours = SASRec(config, _Items()).eval()
-    reference = RecBoleSASRec(config, _Items()).eval()
+    ours = SASRec(config, DatasetStub(40)).eval()
+    reference = RecBoleSASRec(config, DatasetStub(40)).eval()
     reference.load_state_dict(ours.state_dict())
     lens = torch.tensor([1, 3, 5, 2])
     seq = torch.zeros(4, width, dtype=torch.long)
@@ -55,7 +51,7 @@ def test_end_positions_equal_a_left_padded_sasrec(data_root, width):
     with torch.no_grad():
         got = ours(seq, lens)
         expected = reference(_left_pad(seq, lens), torch.full_like(lens, L))
-        start = RecBoleSASRec(config, _Items()).eval()
+        start = RecBoleSASRec(config, DatasetStub(40)).eval()
         start.load_state_dict(ours.state_dict())
         right_padded_recbole = start(seq, lens)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
@@ -66,8 +62,8 @@ def test_start_positions_are_recbole(data_root):
     config = _config(data_root)  # position_alignment defaults to start for SASRec
     assert config["position_alignment"] == "start"
     torch.manual_seed(0)
-    ours = SASRec(config, _Items()).eval()
-    reference = RecBoleSASRec(config, _Items()).eval()
+    ours = SASRec(config, DatasetStub(40)).eval()
+    reference = RecBoleSASRec(config, DatasetStub(40)).eval()
     reference.load_state_dict(ours.state_dict())
     seq = torch.tensor([[3, 4, 5, 0, 0, 0, 0, 0], [7, 1, 2, 9, 11, 12, 6, 8]])
     lens = torch.tensor([3, 8])
@@ -203,8 +199,12 @@ def test_flame_runs_stage2_on_the_authors_weights(authors_file, data_root, workd
 
 
 def test_exclude_history_ranks_the_input_items_out(data_root, workdir):
+    # eval_item_chunk ~: the score-matrix path this mixin masks (the chunked scorer masks the
+    # same items itself: tests/test_scoring.py)
     config, model, trainer, (_, _, test) = prepare(
-        "SASRec", TINY, config_dict=seq_config(data_root, eval_exclude_history=True)
+        "SASRec",
+        TINY,
+        config_dict=seq_config(data_root, eval_exclude_history=True, eval_item_chunk=None),
     )
     batch = next(iter(test))
     trainer.tot_item_num = test._dataset.item_num  # set by evaluate() before it scores
@@ -244,8 +244,8 @@ def test_fused_activation_is_recboles_function(data_root, act):
     """Our SASRec's FFN (fused activation) == RecBole's, weights and gradients (dropout off)."""
     config = _config(data_root, hidden_act=act, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
     torch.manual_seed(0)
-    ours = SASRec(config, _Items())
-    reference = RecBoleSASRec(config, _Items())
+    ours = SASRec(config, DatasetStub(40))
+    reference = RecBoleSASRec(config, DatasetStub(40))
     reference.load_state_dict(ours.state_dict())
     seq = torch.tensor([[3, 4, 5, 0, 0, 0, 0, 0], [7, 1, 2, 9, 11, 12, 6, 8]])
     lens = torch.tensor([3, 8])

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from recbole_flame.config import Config
+from recbole_flame.model.dataset_stub import DatasetStub
 from recbole_flame.model.layers.ssd import GatedRMSNorm, causal_conv1d, ssd, ssd_chunked
 from recbole_flame.model.tim4rec import TiM4Rec
 from recbole_flame.quick_start import run
 from recbole_flame.utils.errors import ConfigError
-from tests.conftest import TINY, seq_config
-from tests.test_cli import _cli, _one_line_error
+from tests.conftest import TINY, one_line_error, run_cli, seq_config
 
 N_ITEMS = 30
 
@@ -136,13 +136,8 @@ def test_gated_rmsnorm_formula():
 
 
 # --- the model, built without data --------------------------------------------------------
-class _Data:
-    """What TiM4Rec reads from a dataset: the item count and which fields exist."""
-
-    field2type = {"item_id_list": None, "timestamp_list": None}
-
-    def num(self, field):
-        return N_ITEMS
+#: The fields TiM4Rec looks for in a dataset: its item and time lists.
+FIELDS = ("item_id_list", "timestamp_list")
 
 
 def make_model(seed=0, **overrides) -> TiM4Rec:
@@ -152,7 +147,7 @@ def make_model(seed=0, **overrides) -> TiM4Rec:
     settings.update(overrides)
     config = Config("TiM4Rec", "ml-100k", config_dict=settings)
     torch.manual_seed(seed)
-    model = TiM4Rec(config, _Data()).double().eval()
+    model = TiM4Rec(config, DatasetStub(N_ITEMS, FIELDS)).double().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5)
@@ -502,12 +497,9 @@ def test_dataset_without_timestamps_stops_at_build():
     """``load_col: ~`` passes check_config; a dataset file without the column is caught when
     the model sees the dataset's fields."""
 
-    class NoTime(_Data):
-        field2type = {"item_id_list": None}
-
     config = Config("TiM4Rec", "ml-100k", config_dict={**TINY_MODEL, "gpu_id": ""})
     with pytest.raises(ConfigError) as err:
-        TiM4Rec(config, NoTime())
+        TiM4Rec(config, DatasetStub(N_ITEMS, ["item_id_list"]))
     message = str(err.value)
     assert "TiM4Rec needs timestamps" in message and "TIME_FIELD" in message
     assert "load_col" in message and "\n" not in message
@@ -535,26 +527,26 @@ def test_bad_settings_stop_with_one_line(settings, words):
 
 
 def test_cli_without_time_field_prints_one_line(data_root, tmp_path):
-    proc = _cli(
+    proc = run_cli(
         "--model=TiM4Rec",
         f"--dataset={TINY}",
         f"--data_path={data_root}",
         "--load_col={'inter': ['user_id','item_id']}",
         cwd=tmp_path,
     )
-    line = _one_line_error(proc)
+    line = one_line_error(proc)
     assert "TiM4Rec needs timestamps" in line and "TIME_FIELD" in line and "load_col" in line
 
 
 def test_cli_kernel_backend_without_mamba_ssm_prints_one_line(data_root, tmp_path):
-    proc = _cli(
+    proc = run_cli(
         "--model=TiM4Rec",
         f"--dataset={TINY}",
         f"--data_path={data_root}",
         "--ssd_backend=kernel",
         cwd=tmp_path,
     )
-    line = _one_line_error(proc)
+    line = one_line_error(proc)
     assert "ssd_backend: kernel needs mamba-ssm and a CUDA device" in line
 
 

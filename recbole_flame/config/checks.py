@@ -46,6 +46,8 @@ from recbole_flame.config.rules import (
     text,
 )
 from recbole_flame.data.dense import DENSE_WINDOWS
+from recbole_flame.data.prefix import PREFIX_LOADERS
+from recbole_flame.model.capabilities import capability
 from recbole_flame.model.layers.attention import ATTENTION_IMPLS
 from recbole_flame.model.layers.sequence import POSITION_ALIGNMENTS, TRAIN_MODES
 from recbole_flame.utils.amp import AMP_DTYPES
@@ -397,8 +399,10 @@ COMMON_RULES: dict[str, Rule] = {
     "position_alignment": one_of(*POSITION_ALIGNMENTS),
     "history_limit": integer(none=True),
     "eval_exclude_history": boolean(),
+    "eval_item_chunk": integer(none=True),
     "attention_impl": one_of(*ATTENTION_IMPLS),
     "sequence_packing": boolean(none=True),
+    "prefix_loader": one_of(*PREFIX_LOADERS, none=True),
 }
 
 
@@ -504,7 +508,7 @@ CROSS_CHECKS: tuple[Callable[[Mapping[str, Any], Any], str | None], ...] = (
 def rules_for(model_class: Any) -> dict[str, Rule]:
     """The rules that apply to ``model_class``: :data:`COMMON_RULES`, with the model's own
     ``key_rules`` (its keys, and any common key it narrows) over them."""
-    return {**COMMON_RULES, **(getattr(model_class, "key_rules", None) or {})}
+    return {**COMMON_RULES, **capability(model_class, "key_rules")}
 
 
 @dataclass(frozen=True)
@@ -532,7 +536,7 @@ def rule_table() -> list[Entry]:
     rows = [Entry(key, rule, None) for key, rule in sorted(COMMON_RULES.items())]
     own: list[Entry] = []
     for name in available_models()[0]:
-        for key, rule in sorted((getattr(get_model(name), "key_rules", None) or {}).items()):
+        for key, rule in sorted(capability(get_model(name), "key_rules").items()):
             twin = next((e for e in own if e.key == key and _same(e.rule, rule)), None)
             if twin is None:
                 own.append(Entry(key, rule, (name,)))

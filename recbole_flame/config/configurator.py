@@ -18,13 +18,16 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import recbole
 import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_flame.config.checks import check_config_values, check_user_keys
+from recbole_flame.model.capabilities import capability
 from recbole_flame.utils import distributed
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.paths import dataset_yaml_files, profile_file, properties_dir
@@ -197,7 +200,7 @@ class Config(RecBoleConfig):
         for key, value in overall.items():
             self.internal_config_dict.setdefault(key, value)
         profile_keys = None
-        if getattr(model_class, "uses_evaluation_profile", False):
+        if capability(model_class, "uses_evaluation_profile"):
             profile_keys = self._update_internal_config_dict(profile_file("evaluation"))
         model_keys = self._update_internal_config_dict(
             props / "model" / f"{model}.yaml", must_exist=False
@@ -220,6 +223,17 @@ class Config(RecBoleConfig):
             os.path.realpath(file), stat.st_mtime_ns, stat.st_size, self.yaml_loader
         )
         return copy.deepcopy(loaded or {})
+
+    def model_yaml_defaults(self, model: str) -> dict[str, Any]:
+        """The model file defaults a standalone run of ``model`` reads, lowest first: RecBole's
+        ``properties/model/<model>.yaml``, then this package's (CETNet configures each of its
+        base models with them). A copy: the caller may change it."""
+        merged: dict[str, Any] = {}
+        for folder in (Path(recbole.__file__).parent / "properties", properties_dir()):
+            path = folder / "model" / f"{model}.yaml"
+            if path.is_file():
+                merged.update(self._read_yaml(path))
+        return merged
 
     def _update_internal_config_dict(self, file, must_exist: bool = True):
         if not must_exist and not os.path.isfile(file):
@@ -255,14 +269,14 @@ class Config(RecBoleConfig):
         (``supports_packing``, see model/layers/packing.py) and False for the others; an
         explicit True for a model that cannot pack is one line naming those that can."""
         final = self.final_config_dict
-        supported = bool(getattr(self.model_class, "supports_packing", False))
+        supported = capability(self.model_class, "supports_packing")
         if final["sequence_packing"] is None:
             final["sequence_packing"] = supported
         elif final["sequence_packing"] and not supported:
             capable = [
                 name
                 for name in available_models()[0]
-                if getattr(get_model(name), "supports_packing", False)
+                if capability(get_model(name), "supports_packing")
             ]
             raise ConfigError(
                 f"sequence_packing: True is available for {', '.join(capable)} only, not "

@@ -19,6 +19,7 @@ from typing import Any
 
 from recbole_flame.config.checks import COMMON_RULES, Entry, rule_table, rules_for
 from recbole_flame.config.rules import Rule
+from recbole_flame.model.capabilities import capability
 from recbole_flame.utils.paths import properties_dir
 
 BEGIN, END = "<!-- keys:begin -->", "<!-- keys:end -->"
@@ -106,7 +107,7 @@ def model_key_table(model: str) -> str:
     from recbole_flame.utils.registry import get_model
 
     rules = rules_for(get_model(model))
-    own = set(getattr(get_model(model), "key_rules", None) or {})
+    own = set(capability(get_model(model), "key_rules"))
     path = properties_dir() / "model" / f"{model}.yaml"
     # a model without a yaml of its own (this package's SASRec): the package's keys it reads
     in_yaml = [k for k in _yaml_keys(path if path.is_file() else properties_dir() / "overall.yaml")]

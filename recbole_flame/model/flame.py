@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import random
 from collections.abc import Iterator
 from typing import ClassVar
@@ -32,25 +31,21 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from recbole_flame.config.rules import Rule, boolean, integer, number, one_of, text
-from recbole_flame.model.authors_sasrec import (
-    is_authors_state_dict,
-    map_item_rows,
-    rename_authors_state_dict,
-)
+from recbole_flame.model.capabilities import ModelCapabilities
+from recbole_flame.model.frozen import check_frozen_checkpoint
 from recbole_flame.model.layers.packing import PackedBatch, layout_of
 from recbole_flame.model.layers.sequence import dense_step_mask, first_trained_step, trim_batch
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.utils import distributed
 from recbole_flame.utils.amp import full_precision
-from recbole_flame.utils.checkpoint import first_mismatch, load_checkpoint, read_torch_file
-from recbole_flame.utils.errors import CheckpointError, ConfigError
+from recbole_flame.utils.errors import ConfigError
 
-#: FLAME's own keys (FLAME.yaml's), checked when the config is built. None of them changes
-#: what stage 1 learns, so none is part of the stage-1 cache key but ``stage1_epochs``.
-OWN_KEY_RULES: dict[str, Rule] = {
+#: FLAME's keys (FLAME.yaml's) and the common key it narrows, checked when the config is built;
+#: FLAME.check_settings relates them. Which of them change stage 1 (none but ``stage1_epochs``)
+#: is the stage-1 cache's own list (trainer/stage1_cache.py).
+KEY_RULES: dict[str, Rule] = {
     "path_mixing": one_of("tiled", "independent"),
     "module_split": one_of("embedding_encoder", "per_block"),
     "n_paths": integer(lo=2, none=True),  # at most 2^modules: FLAME.check_settings
@@ -64,6 +59,7 @@ OWN_KEY_RULES: dict[str, Rule] = {
     "frozen_checkpoint": text(none=True),  # the file itself: FLAME.check_config
     "stage1_epochs": integer(none=True),
     "stage1_cache_dir": text(none=True),
+    "loss_type": one_of("CE", why="FLAME trains with the full-softmax cross-entropy"),
 }
 
 
@@ -172,56 +168,6 @@ def weights_from_inner(inner: torch.Tensor, detach: bool) -> torch.Tensor:
     return torch.softmax(scores, dim=0)
 
 
-def check_frozen_checkpoint(config, path: str, n_items: int | None = None, id_tokens=None) -> dict:
-    """Load a stage-1 checkpoint and check it fits a SASRec of ``config``'s shape; returns the
-    checkpoint. Without ``n_items`` (no dataset yet) the item count is taken from the file.
-
-    Also accepts the FLAME authors' released SASRec weights (a plain state dict in their
-    naming): their names are mapped onto RecBole's, and with ``id_tokens`` (the dataset's item
-    tokens by internal id) their item rows are put in the dataset's order."""
-    if not os.path.isfile(path):
-        raise CheckpointError(
-            f"frozen_checkpoint '{path}' does not exist; give a SASRec checkpoint of this "
-            "package or the FLAME authors' released .pt, or ~ to train one in stage 1"
-        )
-    raw = read_torch_file(path)
-    if is_authors_state_dict(raw):
-        if config["position_alignment"] != "end":
-            raise CheckpointError(
-                f"frozen_checkpoint '{path}' holds the FLAME authors' SASRec, trained with the "
-                "last item at position L-1: set position_alignment: end"
-            )
-        state_dict = rename_authors_state_dict(raw, path)
-        if id_tokens is not None:
-            state_dict["item_embedding.weight"] = map_item_rows(
-                state_dict["item_embedding.weight"], id_tokens, path
-            )
-        checkpoint = {"state_dict": state_dict, "format": "authors"}
-    else:
-        checkpoint = load_checkpoint(path)
-        state_dict = checkpoint["state_dict"]
-    if n_items is None:
-        emb = state_dict.get("item_embedding.weight")
-        n_items = emb.shape[0] if emb is not None and emb.dim() == 2 else 1
-    shaped = RecBoleSASRec(config, _ItemCount(config["ITEM_ID_FIELD"], n_items))
-    problem = first_mismatch(shaped, state_dict)
-    if problem is not None:
-        raise CheckpointError(
-            f"frozen_checkpoint '{path}' does not fit the FLAME config: {problem}"
-        )
-    return checkpoint
-
-
-class _ItemCount:
-    """The one thing SASRec reads from a dataset: its item count."""
-
-    def __init__(self, field: str, n_items: int) -> None:
-        self._field, self._n = field, n_items
-
-    def num(self, field: str) -> int:
-        return self._n if field == self._field else 0
-
-
 def annealed_lambda(
     epoch: int, lambda_0: float, lambda_r_final: float, anneal_epochs: int
 ) -> float:
@@ -229,7 +175,7 @@ def annealed_lambda(
     return lambda_0 * (lambda_r_final / lambda_0) ** (epoch / anneal_epochs)
 
 
-class FLAME(SequentialRecommender):
+class FLAME(ModelCapabilities, SequentialRecommender):
     r"""Frozen + learnable SASRec, aligned by guided mutual learning over modular paths.
 
     Only ``learnable`` is used by :meth:`predict` and :meth:`full_sort_predict`.
@@ -240,10 +186,7 @@ class FLAME(SequentialRecommender):
     supports_dense_training = True
     supports_packing = True
     trim_safe = True
-    key_rules: ClassVar[dict[str, Rule]] = {
-        **OWN_KEY_RULES,
-        "loss_type": one_of("CE", why="FLAME trains with the full-softmax cross-entropy"),
-    }
+    key_rules: ClassVar[dict[str, Rule]] = KEY_RULES
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
+from recbole_flame.model.capabilities import ModelCapabilities
 from recbole_flame.model.layers.attention import set_attention_impl
 from recbole_flame.model.layers.fast import use_fast_dropout, use_fused_activation
 from recbole_flame.model.layers.packing import PackedBatch, RowLayout, layout_of, pack_sequences
@@ -38,7 +39,7 @@ from recbole_flame.model.layers.sequence import (
 )
 
 
-class SASRec(RecBoleSASRec):
+class SASRec(ModelCapabilities, RecBoleSASRec):
     """RecBole's SASRec, trainable with ``train_mode: prefix | dense``."""
 
     supports_dense_training = True

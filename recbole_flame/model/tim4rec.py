@@ -65,6 +65,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_flame.config.rules import Rule, boolean, integer, number, one_of, probability
+from recbole_flame.model.capabilities import ModelCapabilities
 from recbole_flame.model.layers.sequence import dense_targets, first_trained_step, trim_batch
 from recbole_flame.model.layers.ssd import (
     SSD_BACKENDS,
@@ -288,7 +289,30 @@ class TiSSDLayer(nn.Module):
         return self.ffn(self.layer_norm(hidden + x if self.residual else hidden)), tau
 
 
-class TiM4Rec(SequentialRecommender):
+#: TiM4Rec's keys (TiM4Rec.yaml's), and the common keys it narrows, checked when the config
+#: is built; TiM4Rec.check_config relates them.
+KEY_RULES: dict[str, Rule] = {
+    "n_layers": integer(),  # RecBole allows 0 (graph models); an SSD stack needs a layer
+    "time_drop_out": probability(),
+    "d_state": integer(),
+    "d_conv": integer(),
+    "expand": integer(),
+    "head_dim": integer(),  # divides expand * hidden_size: check_config
+    "chunk_size": integer(),
+    "norm_eps": number(),
+    "ffn_norm_eps": number(),
+    "p2p_residual": boolean(),
+    "is_kai_ming_init": boolean(),
+    "time_aware": boolean(),
+    "time_causal": boolean(),
+    "time_padding": one_of(*TIME_PADDINGS),
+    "conv_activation": one_of(*CONV_ACTIVATIONS),
+    "ssd_backend": one_of(*SSD_BACKENDS),  # whether the kernel imports: check_config
+    "loss_type": one_of("CE", why="TiM4Rec trains with the full-softmax cross-entropy"),
+}
+
+
+class TiM4Rec(ModelCapabilities, SequentialRecommender):
     r"""Time-aware SSD over the item sequence; the last real step's output scores every item.
 
     ``time_aware`` reads ``<TIME_FIELD><LIST_SUFFIX>`` (RecBole's ``timestamp_list``), which
@@ -300,27 +324,7 @@ class TiM4Rec(SequentialRecommender):
     supports_dense_training = True
     # Exact with either time_padding: the full-width time path rebuilds RecBole's padding to L.
     trim_safe = True
-    #: TiM4Rec's keys (TiM4Rec.yaml's), and the common keys it narrows, checked when the config
-    #: is built; check_config relates them.
-    key_rules: ClassVar[dict[str, Rule]] = {
-        "n_layers": integer(),  # RecBole allows 0 (graph models); an SSD stack needs a layer
-        "time_drop_out": probability(),
-        "d_state": integer(),
-        "d_conv": integer(),
-        "expand": integer(),
-        "head_dim": integer(),  # divides expand * hidden_size: check_config
-        "chunk_size": integer(),
-        "norm_eps": number(),
-        "ffn_norm_eps": number(),
-        "p2p_residual": boolean(),
-        "is_kai_ming_init": boolean(),
-        "time_aware": boolean(),
-        "time_causal": boolean(),
-        "time_padding": one_of(*TIME_PADDINGS),
-        "conv_activation": one_of(*CONV_ACTIVATIONS),
-        "ssd_backend": one_of(*SSD_BACKENDS),  # whether the kernel imports: check_config
-        "loss_type": one_of("CE", why="TiM4Rec trains with the full-softmax cross-entropy"),
-    }
+    key_rules: ClassVar[dict[str, Rule]] = KEY_RULES
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

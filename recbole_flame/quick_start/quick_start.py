@@ -23,6 +23,8 @@ from recbole_flame.data.datasets import (
     provide_dataset,
 )
 from recbole_flame.data.packed import lay_out_in_loader
+from recbole_flame.data.prefix import prefix_data_preparation, uses_onthefly
+from recbole_flame.model.capabilities import capability
 from recbole_flame.trainer.trainer import TrainingInterrupted
 from recbole_flame.utils import distributed
 from recbole_flame.utils.errors import ConfigError
@@ -41,13 +43,10 @@ def check_train_mode(config: Config) -> None:
     if config["train_mode"] == "prefix":
         return
     cls, name = config.model_class, config["model"]
-    explain = getattr(cls, "dense_training_error", None)
-    problem = explain(config) if explain is not None else None
-    if problem is None and not getattr(cls, "supports_dense_training", False):
+    problem = capability(cls, "dense_training_error")(config)
+    if problem is None and not capability(cls, "supports_dense_training"):
         capable = [
-            m
-            for m in available_models()[0]
-            if getattr(get_model(m), "supports_dense_training", False)
+            m for m in available_models()[0] if capability(get_model(m), "supports_dense_training")
         ]
         problem = (
             f"train_mode: dense is not available for {name} (it is for {', '.join(capable)}); "
@@ -112,9 +111,11 @@ def checked_config(
     config_file_list: Sequence[str] | None = None,
     config_dict: dict[str, Any] | None = None,
     cmd_args: Sequence[str] | None = None,
+    also_check: Callable[[Config], None] | None = None,
 ) -> tuple[Config, str]:
     """The run's config once every check that needs no loaded data has passed, and where its
-    dataset comes from (provided at ``data_path`` by now)."""
+    dataset comes from (provided at ``data_path`` by now). ``also_check``: the caller's own
+    checks of the config (a search's hyper file), run before the dataset is looked for."""
     config = Config(
         model=model,
         dataset=dataset,
@@ -122,10 +123,12 @@ def checked_config(
         config_dict=config_dict,
         cmd_args=cmd_args,
     )
-    check = getattr(config.model_class, "check_config", None)
-    if check is not None:
-        check(config)  # model-specific bad input stops here, before any data is loaded
+    # model-specific bad input stops here, before any data is loaded
+    capability(config.model_class, "check_config")(config)
     check_train_mode(config)
+    uses_onthefly(config)  # prefix_loader: onthefly where it cannot serve the run: one line
+    if also_check is not None:
+        also_check(config)
     check_dataset_on_disk(config)
     check_headers(config)  # a header without name:type fields or another separator: one line
     check_id_fields(config)  # user or item column named otherwise: one line naming the keys
@@ -160,7 +163,10 @@ def prepare(
             f"history_limit {config['history_limit']}: dropped {dropped} older interactions"
         )
     logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    if uses_onthefly(config):  # the same batches, without RecBole's O(samples x L) rows
+        train_data, valid_data, test_data = prefix_data_preparation(config, data)
+    else:
+        train_data, valid_data, test_data = data_preparation(config, data)
     if config["train_mode"] == "dense":
         before = len(train_data._dataset)
         train_data = dense_train_dataloader(config, train_data)

@@ -10,7 +10,7 @@ from typing import Any
 from recbole.utils import init_seed
 from torch.utils.tensorboard import SummaryWriter
 
-from recbole_flame.model.flame import check_frozen_checkpoint
+from recbole_flame.model.frozen import check_frozen_checkpoint
 from recbole_flame.model.sasrec import SASRec
 from recbole_flame.trainer import stage1_cache
 from recbole_flame.trainer.trainer import Trainer

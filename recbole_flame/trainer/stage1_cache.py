@@ -14,13 +14,35 @@ from pathlib import Path
 from typing import Any
 
 from recbole_flame.config.neutral import NEUTRAL_KEYS
-from recbole_flame.model.flame import OWN_KEY_RULES
 from recbole_flame.utils.checkpoint import load_checkpoint, plain
 from recbole_flame.utils.errors import CheckpointError
 
-# Not part of the key: FLAME's own keys (stage 2's), the keys no run learns from, and the model
-# name (stage 1 is a SASRec whatever the run). stage1_key adds the stage-1 epoch budget back.
-NOT_STAGE1: frozenset[str] = frozenset(OWN_KEY_RULES) | NEUTRAL_KEYS | {"model"}
+#: FLAME's keys that configure stage 2 only: its paths and alignment, where its frozen network
+#: comes from, and where the stage-1 cache is. Written out rather than read from FLAME's rule
+#: table: a new FLAME key that does change stage 1 must stay in the key (tests/test_flame.py
+#: checks every FLAME key is placed on one side).
+STAGE2_KEYS: frozenset[str] = frozenset(
+    {
+        "path_mixing",
+        "module_split",
+        "n_paths",
+        "tau",
+        "cl_normalize",
+        "detach_pair_weights",
+        "frozen_dropout",
+        "lambda_0",
+        "lambda_R",
+        "anneal_epochs",
+        "frozen_checkpoint",
+        "stage1_cache_dir",
+        # the stage-1 budget goes in as stage1_key's own entry, stage1_epochs or else epochs
+        "stage1_epochs",
+    }
+)
+
+#: Not part of the key: the keys of stage 2 alone, the keys no run learns from, and the model
+#: name (stage 1 is a SASRec whatever the run).
+NOT_STAGE1: frozenset[str] = STAGE2_KEYS | NEUTRAL_KEYS | {"model"}
 
 # Package-wide keys added after stage-1 caches were first written, with the value every run had
 # before the key existed: a cache whose stored key lacks one of them was trained with it.

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from recbole_flame.config.neutral import NEUTRAL_KEYS
 from recbole_flame.inference.record import data_fingerprint, rebuild_record
+from recbole_flame.inference.scoring import ChunkedRankingMixin
 from recbole_flame.utils import amp, distributed
 from recbole_flame.utils.checkpoint import (
     atomic_save,
@@ -481,19 +482,20 @@ class RunStateMixin:
         return {}
 
 
-class Trainer(RunStateMixin, HistoryExclusionMixin, RecBoleTrainer):
-    """The default trainer of this package: RecBole's, with this package's run state and
-    evaluation protocol."""
+class Trainer(RunStateMixin, ChunkedRankingMixin, HistoryExclusionMixin, RecBoleTrainer):
+    """The default trainer of this package: RecBole's, with this package's run state, evaluation
+    protocol and chunked full-sort scorer."""
 
 
 @functools.cache
 def with_run_state(base: type) -> type:
-    """``base`` (a RecBole trainer class) with :class:`RunStateMixin` and
+    """``base`` (a RecBole trainer class) with :class:`RunStateMixin`,
+    :class:`~recbole_flame.inference.scoring.ChunkedRankingMixin` and
     :class:`HistoryExclusionMixin` in front."""
     if issubclass(base, RunStateMixin) or not issubclass(base, RecBoleTrainer):
         # RecBole's decision-tree trainers save library models, not torch state.
         return base
     if base is RecBoleTrainer:
         return Trainer
-    bases = (RunStateMixin, HistoryExclusionMixin, base)
+    bases = (RunStateMixin, ChunkedRankingMixin, HistoryExclusionMixin, base)
     return type(base.__name__, bases, {"__module__": __name__})

@@ -59,7 +59,8 @@ def check_same_data(configs: dict[str, Config]) -> None:
 
 
 def inference_seconds_per_batch(trainer, test_data, batches: int = 10) -> float:
-    """Median wall time of RecBole's own per-batch scoring on the first test batches."""
+    """Median wall time of the trainer's per-batch scoring (the chunked full-sort scorer where
+    it serves the model, RecBole's otherwise) on the first test batches."""
     trainer.model.eval()
     score = (
         trainer._full_sort_batch_eval

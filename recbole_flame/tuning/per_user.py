@@ -12,11 +12,13 @@ def held_out_ranks(trainer, test_data) -> tuple[torch.Tensor, torch.Tensor, torc
     ranks, lengths, users = [], [], []
     length_field = trainer.config["ITEM_LIST_LENGTH_FIELD"]
     user_field = trainer.config["USER_ID_FIELD"]
+    # every score of a row is needed: the score matrix, not the chunked scorer's top k
+    score_matrix = getattr(trainer, "score_matrix_batch_eval", trainer._full_sort_batch_eval)
     trainer.model.eval()
     trainer.tot_item_num = test_data._dataset.item_num  # set by RecBole's evaluate()
     with torch.no_grad():
         for batch in test_data:
-            interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+            interaction, scores, positive_u, positive_i = score_matrix(batch)
             target = scores[positive_u, positive_i]
             rank = (scores[positive_u] >= target.unsqueeze(1)).sum(dim=1) - 1
             ranks.append(rank.cpu())

@@ -115,16 +115,20 @@ def run_search(settings: SearchSettings) -> dict[str, Any]:
     # The single run's pre-flight (one-line errors before Ray starts; the dataset materialised
     # or downloaded once here, so concurrent trials never write the same files), without
     # narrowing the GPUs Ray will count to gpu_id's.
+    def check_hyper(config) -> None:  # the hyper file against the config, before any data
+        unknown = [p.name for p in params if p.name not in config.final_config_dict]
+        if unknown:
+            raise ConfigError(
+                f"hyper file '{settings.hyper_file}' names keys {unknown} that "
+                f"{settings.model}'s config does not have; check their spelling"
+            )
+        check_search_space(params, config["model"], settings.hyper_file)
+
     with visible_devices_kept():
-        config, provided = checked_config(settings.model, settings.dataset, config_files, overrides)
-    print(provided)
-    unknown = [p.name for p in params if p.name not in config.final_config_dict]
-    if unknown:
-        raise ConfigError(
-            f"hyper file '{settings.hyper_file}' names keys {unknown} that {settings.model}'s "
-            "config does not have; check their spelling"
+        config, provided = checked_config(
+            settings.model, settings.dataset, config_files, overrides, also_check=check_hyper
         )
-    check_search_space(params, config["model"], settings.hyper_file)
+    print(provided)
     mode = "max" if config["valid_metric_bigger"] else "min"
     epochs = int(config["epochs"])
 

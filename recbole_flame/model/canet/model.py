@@ -23,6 +23,7 @@ from recbole_flame.model.canet.router import RouterMixin, gumbel_one_hot, gumbel
 from recbole_flame.model.canet.routes import Route, parse_route
 from recbole_flame.model.canet.scoring import ScoringMixin
 from recbole_flame.model.canet.supernet import SupernetMixin
+from recbole_flame.model.capabilities import ModelCapabilities
 from recbole_flame.model.layers.sequence import dense_targets, first_trained_step, trim_batch
 from recbole_flame.utils.errors import ConfigError
 
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 Scored = tuple[torch.Tensor, torch.Tensor]
 
 
-class CANet(ScoringMixin, RouterMixin, FlopsMixin, SupernetMixin, SequentialRecommender):
+class CANet(
+    ModelCapabilities, ScoringMixin, RouterMixin, FlopsMixin, SupernetMixin, SequentialRecommender
+):
     """A router picks one of the supernet's routes per user; inference runs only that route."""
 
     uses_evaluation_profile = True  # properties/profile/evaluation.yaml
