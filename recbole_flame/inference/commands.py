@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from recbole_flame.cli import OneLineParser
 from recbole_flame.utils.errors import UserError
 
 
@@ -28,7 +29,7 @@ def _comma_list(text: str, what: str) -> list[str]:
 
 
 def build_recommend_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=f"{_program()} recommend",
         description="Top-k items from a trained model (a checkpoint written by this package), "
         "for known users or for a new sequence of items: one row per (user, rank) with user, "
@@ -114,7 +115,7 @@ def recommend_main(argv: Sequence[str]) -> None:
 
 
 def build_export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=f"{_program()} export",
         description="Write a trained model for use outside this package: --to=sasrec writes "
         "FLAME's learnable network as a checkpoint RecBole's own SASRec loads; --to=onnx and "
