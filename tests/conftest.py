@@ -14,6 +14,7 @@ import recbole
 
 ML100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
 SCRIPT = Path(__file__).resolve().parent.parent / "run_recbole_flame.py"
+BENCHMARKS = SCRIPT.parent / "benchmarks"
 TINY = "ml-tiny"
 N_USERS = 60
 
@@ -114,6 +115,24 @@ def prepare_in(folder: Path, model: str, config_dict: dict):
         return prepare(model, TINY, config_dict=config_dict)
     finally:
         os.chdir(cwd)
+
+
+def load_benchmark(path: str):
+    """The module of ``benchmarks/<path>`` (repository tooling, not part of the package), as the
+    script imports when run: its own folder first on ``sys.path``."""
+    import importlib.util
+    import sys as _sys
+
+    file = BENCHMARKS / path
+    if str(file.parent) not in _sys.path:
+        _sys.path.insert(0, str(file.parent))
+    name = "benchmarks_" + path.replace("/", "_").removesuffix(".py")
+    if name not in _sys.modules:
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        _sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return _sys.modules[name]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -41,11 +41,10 @@ ROOT = DOCS.parent
 
 
 def test_results_page_is_current_with_the_result_files():
-    from recbole_flame.experiment.report import main
+    from tests.conftest import load_benchmark
 
-    assert main(["--root", str(ROOT), "--check"]) == 0, (
-        "run python -m recbole_flame.experiment.report"
-    )
+    main = load_benchmark("report.py").main
+    assert main(["--root", str(ROOT), "--check"]) == 0, "run python benchmarks/report.py"
 
 
 def test_a_results_number_is_the_mean_of_its_result_files():

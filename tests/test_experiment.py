@@ -15,6 +15,7 @@ import pytest
 from recbole_flame.experiment.runs import park, progress_report, unpark
 from recbole_flame.experiment.spec import dig, load_spec, parked_file, result_file, run_config, slug
 from recbole_flame.experiment.summary import summarize
+from tests.conftest import load_benchmark
 
 
 def _record(auc: float, logloss: float, extra: float | None, epoch_s: float = 1.0) -> dict:
@@ -289,7 +290,7 @@ def test_milestones_give_the_first_epoch_reaching_each_score(tmp_path):
 def test_authors_curve_reads_their_log_and_tabulates_both_curves() -> None:
     """Their train.py's log format (read from their print statements), percent to fractions,
     the test block ignored; the table pairs epochs of the two curves."""
-    from recbole_flame.experiment.report import authors_curve_table
+    authors_curve_table = load_benchmark("micro/authors_curve.py").table
 
     module = _authors_curve_module()
     log = "\n".join(
@@ -381,7 +382,7 @@ def test_authors_curve_reports_a_failing_run_with_its_stderr(tmp_path) -> None:
 def test_headline_by_hand_with_the_convergence_ratio(tmp_path) -> None:
     """The README's generated text for a spec's headline: mean test metrics of A and B, the
     relative gain, and with ``convergence: True`` A's convergence ratio per seed."""
-    from recbole_flame.experiment.report import headline
+    headline = load_benchmark("report.py").headline
 
     spec_file = tmp_path / "flame_x.yaml"
     spec_file.write_text(
@@ -409,7 +410,7 @@ def test_canet_table_puts_routed_runs_against_the_static_line_by_hand(tmp_path) 
     """The accuracy-compute table gathers every CANet experiment's finished runs (seeds
     averaged), by FLOPs ratio, and gives each routed run its distance above the line through
     the static sub-networks, interpolated by hand; runs outside the line's range get none."""
-    from recbole_flame.experiment.report import canet_table
+    canet_table = load_benchmark("report.py").canet_table
 
     experiments = tmp_path / "benchmarks" / "experiments"
     experiments.mkdir(parents=True)
@@ -461,7 +462,8 @@ def test_flame_datasets_table_by_hand(tmp_path) -> None:
     """The cross-dataset FLAME table takes each FLAME experiment in the authors' prefix recipe
     (and no other), its dataset file, FLAME's and the frozen network's test NDCG@20 (the gain
     worked by hand), the per-user p-value; before FLAME finishes, the frozen probe's score."""
-    from recbole_flame.experiment.report import flame_dataset_rows, flame_datasets_table
+    flame_dataset_rows = load_benchmark("report.py").flame_dataset_rows
+    flame_datasets_table = load_benchmark("report.py").flame_datasets_table
 
     experiments = tmp_path / "benchmarks" / "experiments"
     experiments.mkdir(parents=True)
@@ -517,11 +519,9 @@ def test_flame_datasets_table_by_hand(tmp_path) -> None:
 def test_a_docs_marker_naming_nothing_stops_with_one_line(tmp_path) -> None:
     """Generated spans are filled by name; a name no table or spec has stops the report with a
     line naming it, and known markers keep their tags around the new body."""
-    from recbole_flame.experiment.report import (
-        with_headlines,
-        with_micro_tables,
-        with_result_tables,
-    )
+    with_headlines = load_benchmark("report.py").with_headlines
+    with_micro_tables = load_benchmark("report.py").with_micro_tables
+    with_result_tables = load_benchmark("report.py").with_result_tables
     from recbole_flame.utils.errors import UserError
 
     (tmp_path / "benchmarks" / "experiments").mkdir(parents=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from recbole_flame.experiment.micro import count_flops
+from tests.conftest import load_benchmark
+
+count_flops = load_benchmark("micro/common.py").count_flops
 
 
 def test_count_flops_covers_forward_and_backward() -> None:

@@ -30,12 +30,12 @@ import statistics
 import time
 
 import torch
+from common import train_step
 from recbole.data.interaction import Interaction
 from recbole.model.layers import MultiHeadAttention
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from recbole_flame.config import Config
-from recbole_flame.experiment.micro import train_step
 from recbole_flame.experiment.output import markdown_table, provenance, write_json
 from recbole_flame.model.layers.attention import set_attention_impl
 from recbole_flame.utils.registry import get_model

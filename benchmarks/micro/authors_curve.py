@@ -34,9 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from recbole_flame.experiment.output import provenance, write_json
-from recbole_flame.experiment.report import authors_curve_table
+from recbole_flame.experiment.output import markdown_table, provenance, write_json
 from recbole_flame.utils.errors import UserError
 
 RESULTS = Path("benchmarks/results/flame_beauty_authors_prefix")
@@ -154,6 +154,42 @@ def our_curve(seed: int) -> tuple[list[dict], str]:
     )
 
 
+def table(report: dict[str, Any]) -> str:
+    """The table of ``benchmarks/micro/authors_curve.py``'s result: per epoch, valid NDCG@20
+    and HR@20 of the authors' train.py and of our run in their recipe."""
+    theirs = {e["epoch"]: e for e in report["authors"]}
+    rows = []
+    for entry in report["ours"]:
+        epoch = entry["epoch"]
+        their = theirs.get(epoch, {"valid": {}, "loss": "-"})
+        rows.append(
+            [
+                epoch,
+                their["valid"].get("ndcg@20", "-"),
+                entry["valid"].get("ndcg@20", "-"),
+                their["valid"].get("hr@20", "-"),
+                entry["valid"].get("hit@20", "-"),
+                their["loss"],
+            ]
+        )
+    headers = [
+        "epoch",
+        "authors' train.py: valid NDCG@20",
+        "ours: valid NDCG@20",
+        "authors': valid HR@20",
+        "ours: valid HR@20",
+        "authors': train loss",
+    ]
+    machine = report.get("machine") or {}
+    note = (
+        f"\n\n`{report.get('command', '?')}` at commit {str(report.get('commit', '?'))[:7]} "
+        f"(theirs at {str(report.get('authors_commit', '?'))[:7]}), seed {report.get('seed')}, "
+        f"{report.get('threads')} thread(s), {machine.get('cpus', '?')} CPUs, torch "
+        f"{machine.get('torch', '?')}; ours from `{report.get('ours_from', '?')}`"
+    )
+    return markdown_table(headers, rows) + note
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--authors", type=Path, required=True, help="a FLAME_SIGIR26 checkout")
@@ -222,7 +258,7 @@ def main() -> int:
         "wall_seconds": time.perf_counter() - start,
     }
     write_json(args.out, report)
-    print(authors_curve_table(report))
+    print(table(report))
     return 0
 
 

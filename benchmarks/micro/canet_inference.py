@@ -31,14 +31,14 @@ import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
+from common import count_flops
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from recbole_flame.experiment.micro import count_flops
-from recbole_flame.experiment.output import provenance, write_json
-from recbole_flame.experiment.report import canet_inference_table
+from recbole_flame.experiment.output import markdown_table, provenance, write_json
 from recbole_flame.model.canet import scoring
 from recbole_flame.model.canet.routes import parse_route
 from recbole_flame.quick_start import prepare
@@ -92,6 +92,68 @@ class PartTimer:
             return out
 
         return timed_part
+
+
+def table(report: dict[str, Any]) -> str:
+    """The table of ``benchmarks/micro/canet_inference.py``'s result: median seconds per test
+    batch of each part, routed and on the full route, and the ratios under it."""
+    routed = report["paths"]["routed"]
+    full = report["paths"]["full_route"]
+    parts = sorted((set(routed["median_seconds"]) | set(full["median_seconds"])) - {"total"})
+    parts.append("total")
+    total = routed["median_seconds"]["total"]
+    # Achieved GFLOP/s per part (results written before it was measured have none).
+    rate = [p.get("gflop_per_second") for p in (routed, full)]
+    rows = [
+        [
+            part,
+            routed["median_seconds"].get(part, "-"),
+            full["median_seconds"].get(part, "-"),
+            round(routed["median_seconds"].get(part, 0.0) / total, 3),
+        ]
+        + ([r.get(part, "-") for r in rate] if rate[0] is not None else [])
+        for part in parts
+    ]
+    pad = ["-", "-"] if rate[0] is not None else []
+    rows.append(
+        ["operator calls (first batch)", routed["ops_first_batch"], full["ops_first_batch"], "-"]
+        + pad
+    )
+    rows.append(
+        [
+            "GFLOP executed (first batch)",
+            routed["flops_first_batch"] / 1e9,
+            full["flops_first_batch"] / 1e9,
+            "-",
+        ]
+        + pad
+    )
+    headers = ["part", "routed: s per batch", "full route: s per batch", "share of routed time"]
+    if rate[0] is not None:
+        headers += ["routed: GFLOP/s", "full route: GFLOP/s"]
+    shares = ", ".join(f"{name} {share:.2f}" for name, share in report["route_share"].items())
+    machine = report.get("machine") or {}
+    note = (
+        f"\n\nTime ratio routed / full {report['time_ratio']:.2f}; FLOPs ratio as CANet counts "
+        f"it (at L, router included) {report['accounted_flops_ratio']:.2f}, as executed on these "
+        f"batches {report['executed_flops_ratio']:.2f}. Routes drawn in the shares of "
+        f"`{report.get('from', '?')}`'s test histogram ({shares}); {report['batches']} batches "
+        f"of {report['batch_size']}. `{report.get('command', '?')}` at commit "
+        f"{str(report.get('commit', '?'))[:7]}: {report.get('threads')} thread(s), "
+        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}, load average "
+        f"{report.get('load_average_before', '?')} before it (other work on the machine)"
+    )
+    rows_only = report.get("row_chunks")
+    if rows_only:
+        note += (
+            f".\n\nWith chunks that end only at a depth change or at the row cap (the earlier "
+            f"rule), in the same interleaved loop: time ratio routed / full "
+            f"{rows_only['time_ratio']:.2f} (executed FLOPs ratio "
+            f"{rows_only['executed_flops_ratio']:.2f}); the routed path takes "
+            f"{rows_only['routed_vs_halved']:.2f}x and the full route "
+            f"{rows_only['full_vs_halved']:.2f}x the time they take with halved-length chunks"
+        )
+    return markdown_table(headers, rows) + note
 
 
 def main() -> int:
@@ -235,7 +297,7 @@ def main() -> int:
         }
     report["wall_seconds"] = time.perf_counter() - start
     write_json(args.out, report)
-    print(canet_inference_table(report))
+    print(table(report))
     return 0
 
 

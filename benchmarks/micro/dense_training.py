@@ -23,8 +23,8 @@ import os
 import time
 
 import torch
+from common import train_step
 
-from recbole_flame.experiment.micro import train_step
 from recbole_flame.experiment.output import markdown_table, write_json
 from recbole_flame.quick_start import prepare
 

@@ -22,12 +22,12 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
-from recbole_flame.experiment.output import provenance, write_json
-from recbole_flame.experiment.report import distributed_table
+from recbole_flame.experiment.output import markdown_table, provenance, write_json
 from recbole_flame.utils import distributed
 from recbole_flame.utils.timing import timed
 
@@ -57,8 +57,9 @@ def settings(dataset: str) -> dict:
 
 def backbone_settings(dataset: str, base: dict) -> dict:
     """SASRec with FLAME's backbone settings (FLAME.yaml), so the two step the same network."""
+    from common import BACKBONE_KEYS
+
     from recbole_flame.config import Config
-    from recbole_flame.experiment.micro import BACKBONE_KEYS
 
     flame = Config("FLAME", dataset, config_dict=base)
     return {**base, **{k: flame[k] for k in BACKBONE_KEYS}}
@@ -141,6 +142,45 @@ def two_processes(model: str, dataset: str, config_dict: dict, steps: int) -> di
     return torch.load(out, weights_only=False)
 
 
+def table(report: dict[str, Any]) -> str:
+    """The table of ``benchmarks/micro/distributed.py``'s result."""
+    rows = []
+    for name, entry in report["runs"].items():
+        dataset, model = name.split("/")
+        gather = entry["flame_gather_s"]
+        rows.append(
+            [
+                dataset,
+                model,
+                entry["trainable_parameters"],
+                entry["one_process_step_s"],
+                entry["two_process_step_s"],
+                entry["ratio"],
+                entry["grad_allreduce_s"],
+                gather if gather is not None else "-",
+                entry["communication_share"],
+            ]
+        )
+    headers = [
+        "dataset",
+        "model",
+        "trainable parameters",
+        f"1 process x {report['threads_one_process']} threads: s/step",
+        f"2 processes x {report['threads_per_rank']} thread(s): s/step",
+        "2 / 1",
+        "gradient all-reduce s",
+        "FLAME gather s",
+        "communication / 2-process step",
+    ]
+    machine = report.get("machine") or {}
+    note = (
+        f"\n\n`{report.get('command', '?')}` at commit {str(report.get('commit', '?'))[:7]}: "
+        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}, "
+        f"{report.get('wall_seconds', 0):.0f} s"
+    )
+    return markdown_table(headers, rows) + note
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k"])
@@ -183,7 +223,7 @@ def main() -> None:
             print(f"{dataset} {model}: done", flush=True)
     report["wall_seconds"] = time.perf_counter() - start
     write_json(args.out, report)
-    print(distributed_table(report))
+    print(table(report))
 
 
 if __name__ == "__main__":

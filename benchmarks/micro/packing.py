@@ -22,9 +22,9 @@ import statistics
 import time
 
 import torch
+from common import BACKBONE_KEYS, count_flops, train_step
 
 from recbole_flame.config import Config
-from recbole_flame.experiment.micro import BACKBONE_KEYS, count_flops, train_step
 from recbole_flame.experiment.output import markdown_table, provenance, write_json
 from recbole_flame.quick_start import prepare
 from recbole_flame.utils.timing import timed

@@ -131,6 +131,7 @@ def stage(name: str) -> None:
 
 def child(args: argparse.Namespace) -> dict:
     import torch
+    from common import train_step
     from recbole.data import data_preparation
     from recbole.data.dataset import SequentialDataset
     from recbole.utils import FeatureSource, FeatureType, get_trainer, init_seed
@@ -138,7 +139,6 @@ def child(args: argparse.Namespace) -> dict:
     from recbole_flame.config import Config
     from recbole_flame.data.packed import lay_out_in_loader
     from recbole_flame.data.prefix import PrefixSamples, PrefixView, prefix_data_preparation
-    from recbole_flame.experiment.micro import train_step
     from recbole_flame.utils.registry import get_model
 
     torch.set_num_threads(args.threads)

@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 
 import torch
+from common import train_step
 from recbole.data.interaction import Interaction
 
 from recbole_flame.config import Config
-from recbole_flame.experiment.micro import train_step
 from recbole_flame.experiment.output import markdown_table, write_json
 from recbole_flame.utils.registry import get_model
 from recbole_flame.utils.timing import interleaved_medians

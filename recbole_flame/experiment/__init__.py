@@ -13,9 +13,11 @@ tests that summarise them.
   :mod:`recbole_flame.tuning.compare`);
 - :mod:`~recbole_flame.experiment.probes`: what the scripts under ``benchmarks/probes/`` read a
   finished run with;
-- :mod:`~recbole_flame.experiment.output`: Markdown tables, JSON records and their provenance;
-- :mod:`~recbole_flame.experiment.micro`: a training step and its FLOP count, for the
-  micro-benchmarks under ``benchmarks/micro/``.
+- :mod:`~recbole_flame.experiment.output`: Markdown tables, JSON records and their provenance.
+
+What only this repository runs lives beside the benchmarks, not here: ``benchmarks/report.py``
+(docs/results.md, plots and generated tables) and ``benchmarks/micro/common.py`` (a training
+step and its FLOP count, for the micro-benchmarks; each micro-benchmark renders its own table).
 
 Paths are relative to the current working directory: results go to
 ``benchmarks/results/<spec name>/`` under it (or ``--out``), so run from the repository root

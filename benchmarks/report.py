@@ -1,7 +1,7 @@
 """The results page of the docs and the headline numbers elsewhere, generated from the
 committed result files.
 
-``python -m recbole_flame.experiment.report`` (from the repository root) rewrites
+``python benchmarks/report.py`` (from the repository root) rewrites
 ``docs/results.md``, one section per experiment of ``benchmarks/experiments/`` with its status
 and the summary the engine computes from its result files, the learning-curve and
 accuracy-compute plots under ``docs/img/``, and every headline in README.md and the docs pages:
@@ -17,6 +17,7 @@ of it is current (the test suite runs it). No number is typed by hand.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import statistics
@@ -440,152 +441,30 @@ MICRO = marker("micro")
 MICRO_RESULTS = Path("benchmarks") / "results" / "micro"
 
 
-def distributed_table(report: dict[str, Any]) -> str:
-    """The table of ``benchmarks/micro/distributed.py``'s result."""
-    rows = []
-    for name, entry in report["runs"].items():
-        dataset, model = name.split("/")
-        gather = entry["flame_gather_s"]
-        rows.append(
-            [
-                dataset,
-                model,
-                entry["trainable_parameters"],
-                entry["one_process_step_s"],
-                entry["two_process_step_s"],
-                entry["ratio"],
-                entry["grad_allreduce_s"],
-                gather if gather is not None else "-",
-                entry["communication_share"],
-            ]
-        )
-    headers = [
-        "dataset",
-        "model",
-        "trainable parameters",
-        f"1 process x {report['threads_one_process']} threads: s/step",
-        f"2 processes x {report['threads_per_rank']} thread(s): s/step",
-        "2 / 1",
-        "gradient all-reduce s",
-        "FLAME gather s",
-        "communication / 2-process step",
-    ]
-    machine = report.get("machine") or {}
-    note = (
-        f"\n\n`{report.get('command', '?')}` at commit {str(report.get('commit', '?'))[:7]}: "
-        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}, "
-        f"{report.get('wall_seconds', 0):.0f} s"
-    )
-    return markdown_table(headers, rows) + note
-
-
-def authors_curve_table(report: dict[str, Any]) -> str:
-    """The table of ``benchmarks/micro/authors_curve.py``'s result: per epoch, valid NDCG@20
-    and HR@20 of the authors' train.py and of our run in their recipe."""
-    theirs = {e["epoch"]: e for e in report["authors"]}
-    rows = []
-    for entry in report["ours"]:
-        epoch = entry["epoch"]
-        their = theirs.get(epoch, {"valid": {}, "loss": "-"})
-        rows.append(
-            [
-                epoch,
-                their["valid"].get("ndcg@20", "-"),
-                entry["valid"].get("ndcg@20", "-"),
-                their["valid"].get("hr@20", "-"),
-                entry["valid"].get("hit@20", "-"),
-                their["loss"],
-            ]
-        )
-    headers = [
-        "epoch",
-        "authors' train.py: valid NDCG@20",
-        "ours: valid NDCG@20",
-        "authors': valid HR@20",
-        "ours: valid HR@20",
-        "authors': train loss",
-    ]
-    machine = report.get("machine") or {}
-    note = (
-        f"\n\n`{report.get('command', '?')}` at commit {str(report.get('commit', '?'))[:7]} "
-        f"(theirs at {str(report.get('authors_commit', '?'))[:7]}), seed {report.get('seed')}, "
-        f"{report.get('threads')} thread(s), {machine.get('cpus', '?')} CPUs, torch "
-        f"{machine.get('torch', '?')}; ours from `{report.get('ours_from', '?')}`"
-    )
-    return markdown_table(headers, rows) + note
-
-
-def canet_inference_table(report: dict[str, Any]) -> str:
-    """The table of ``benchmarks/micro/canet_inference.py``'s result: median seconds per test
-    batch of each part, routed and on the full route, and the ratios under it."""
-    routed = report["paths"]["routed"]
-    full = report["paths"]["full_route"]
-    parts = sorted((set(routed["median_seconds"]) | set(full["median_seconds"])) - {"total"})
-    parts.append("total")
-    total = routed["median_seconds"]["total"]
-    # Achieved GFLOP/s per part (results written before it was measured have none).
-    rate = [p.get("gflop_per_second") for p in (routed, full)]
-    rows = [
-        [
-            part,
-            routed["median_seconds"].get(part, "-"),
-            full["median_seconds"].get(part, "-"),
-            round(routed["median_seconds"].get(part, 0.0) / total, 3),
-        ]
-        + ([r.get(part, "-") for r in rate] if rate[0] is not None else [])
-        for part in parts
-    ]
-    pad = ["-", "-"] if rate[0] is not None else []
-    rows.append(
-        ["operator calls (first batch)", routed["ops_first_batch"], full["ops_first_batch"], "-"]
-        + pad
-    )
-    rows.append(
-        [
-            "GFLOP executed (first batch)",
-            routed["flops_first_batch"] / 1e9,
-            full["flops_first_batch"] / 1e9,
-            "-",
-        ]
-        + pad
-    )
-    headers = ["part", "routed: s per batch", "full route: s per batch", "share of routed time"]
-    if rate[0] is not None:
-        headers += ["routed: GFLOP/s", "full route: GFLOP/s"]
-    shares = ", ".join(f"{name} {share:.2f}" for name, share in report["route_share"].items())
-    machine = report.get("machine") or {}
-    note = (
-        f"\n\nTime ratio routed / full {report['time_ratio']:.2f}; FLOPs ratio as CANet counts "
-        f"it (at L, router included) {report['accounted_flops_ratio']:.2f}, as executed on these "
-        f"batches {report['executed_flops_ratio']:.2f}. Routes drawn in the shares of "
-        f"`{report.get('from', '?')}`'s test histogram ({shares}); {report['batches']} batches "
-        f"of {report['batch_size']}. `{report.get('command', '?')}` at commit "
-        f"{str(report.get('commit', '?'))[:7]}: {report.get('threads')} thread(s), "
-        f"{machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}, load average "
-        f"{report.get('load_average_before', '?')} before it (other work on the machine)"
-    )
-    rows_only = report.get("row_chunks")
-    if rows_only:
-        note += (
-            f".\n\nWith chunks that end only at a depth change or at the row cap (the earlier "
-            f"rule), in the same interleaved loop: time ratio routed / full "
-            f"{rows_only['time_ratio']:.2f} (executed FLOPs ratio "
-            f"{rows_only['executed_flops_ratio']:.2f}); the routed path takes "
-            f"{rows_only['routed_vs_halved']:.2f}x and the full route "
-            f"{rows_only['full_vs_halved']:.2f}x the time they take with halved-length chunks"
-        )
-    return markdown_table(headers, rows) + note
-
-
-#: marker name -> (result file under benchmarks/results/micro, renderer)
-MICRO_TABLES: dict[str, tuple[str, Any]] = {
-    "distributed": ("distributed/result.json", distributed_table),
-    "authors_curve": ("authors_curve/result.json", authors_curve_table),
+#: marker name -> (result file under benchmarks/results/micro, the script under benchmarks/micro/
+#: whose ``table`` renders it)
+MICRO_TABLES: dict[str, tuple[str, str]] = {
+    "distributed": ("distributed/result.json", "distributed"),
+    "authors_curve": ("authors_curve/result.json", "authors_curve"),
     # the first check, which capped their run (and so their annealing length R) at 3 epochs
-    "authors_curve_r3": ("authors_curve/result_num_epoch3.json", authors_curve_table),
-    "canet_inference": ("canet_inference/result.json", canet_inference_table),
-    "canet_inference_large_batch": ("canet_inference/batch2048.json", canet_inference_table),
+    "authors_curve_r3": ("authors_curve/result_num_epoch3.json", "authors_curve"),
+    "canet_inference": ("canet_inference/result.json", "canet_inference"),
+    "canet_inference_large_batch": ("canet_inference/batch2048.json", "canet_inference"),
 }
+
+
+def micro_table(script: str) -> Any:
+    """The ``table`` renderer of ``benchmarks/micro/<script>.py`` (each script owns its own)."""
+    folder = Path(__file__).resolve().parent / "micro"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # the scripts import their shared ``common`` module
+    name = f"micro_{script}"  # not the bare name: ``distributed`` is also a PyPI package
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{script}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name].table
+
 
 TABLE = marker("table")
 #: marker name -> renderer of the committed result files under the root
@@ -601,7 +480,8 @@ def with_micro_tables(text: str, root: Path) -> str:
     def render(name: str) -> str | None:
         if name not in MICRO_TABLES:
             return None
-        file, table = MICRO_TABLES[name]
+        file, script = MICRO_TABLES[name]
+        table = micro_table(script)
         path = root / MICRO_RESULTS / file
         return (
             "\n"
@@ -634,7 +514,7 @@ def results_page(root: Path, plots: list[str]) -> str:
     lines = [
         "# Results",
         "",
-        "<!-- generated by `python -m recbole_flame.experiment.report`; do not edit -->",
+        "<!-- generated by `python benchmarks/report.py`; do not edit -->",
         "",
         "Every experiment of `benchmarks/experiments/`, trained to early stopping by",
         "`python run_recbole_flame.py --spec=benchmarks/experiments/NAME.yaml`. Each table is the",
@@ -719,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.check:
         for path in stale:
-            print(f"stale: {path}; run python -m recbole_flame.experiment.report")
+            print(f"stale: {path}; run python benchmarks/report.py")
         return 1 if stale else 0
     for path in stale:
         path.write_text(wanted[path], encoding="utf-8")
