@@ -244,7 +244,7 @@ def test_per_user_paired_comparison_matches_hand_computed_values() -> None:
     from the rank, and its paired t over users equals the hand-computed one."""
     import torch
 
-    from recbole_flame.tuning.per_user import paired_users
+    from recbole_flame.experiment.per_user import paired_users
 
     k = 3
     # user: (rank under a, rank under b); rank >= k scores 0

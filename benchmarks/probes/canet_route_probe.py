@@ -25,6 +25,7 @@ import time
 import torch
 
 from recbole_flame.experiment.output import markdown_table, provenance, write_json
+from recbole_flame.experiment.per_user import held_out_ranks
 from recbole_flame.experiment.probes import (
     group_metrics,
     load_finished,
@@ -33,7 +34,6 @@ from recbole_flame.experiment.probes import (
 )
 from recbole_flame.experiment.spec import result_file
 from recbole_flame.model.canet import route_name
-from recbole_flame.tuning.per_user import held_out_ranks
 
 
 def routed_index(model, test_data) -> torch.Tensor:

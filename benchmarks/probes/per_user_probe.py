@@ -30,13 +30,13 @@ from typing import Any
 import torch
 
 from recbole_flame.experiment.output import markdown_table, provenance, write_json
+from recbole_flame.experiment.per_user import held_out_ranks, paired_users
 from recbole_flame.experiment.probes import (
     group_metrics,
     load_finished,
     probe_parser,
     probe_setup,
 )
-from recbole_flame.tuning.per_user import held_out_ranks, paired_users
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def probe_setup(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, di
 def group_metrics(ranks: torch.Tensor, k: int) -> dict[str, Any]:
     """Users, HR@k and NDCG@k of a group of test rows, from each row's 0-based rank of its one
     held-out item."""
-    from recbole_flame.tuning.per_user import per_user_metric
+    from recbole_flame.experiment.per_user import per_user_metric
 
     return {
         "users": int(ranks.numel()),

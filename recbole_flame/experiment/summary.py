@@ -16,11 +16,6 @@ from recbole_flame.experiment.stats import mean_sd_text, paired_test
 METRIC_ORDER = ("hit", "recall", "ndcg", "mrr", "auc", "logloss")
 
 
-def mean_std(values: list[float]) -> str:
-    """``"m ± s"`` (4 decimals), ``"m"`` for one value, ``"-"`` for none: a table cell."""
-    return mean_sd_text(values)
-
-
 def time_to_accuracy(fast: dict[int, dict], slow: dict[int, dict], a: str, b: str) -> str:
     """Per seed: wall seconds ``a`` took to first reach ``b``'s best validation score, over the
     seconds ``b`` took to reach it (both from the runs' learning curves, the same machine)."""
@@ -114,17 +109,19 @@ def summarize(spec: dict, out_dir: Path) -> str:
                 len(results),
                 # a metric only some models report (CANet's flops_ratio) reads "-" for others
                 *[
-                    mean_std([float(r["test_result"][m]) for r in results if m in r["test_result"]])
+                    mean_sd_text(
+                        [float(r["test_result"][m]) for r in results if m in r["test_result"]]
+                    )
                     for m in metrics
                 ],
                 *[
-                    mean_std([float(r[k]) for r in results if r.get(k) is not None]).replace(
+                    mean_sd_text([float(r[k]) for r in results if r.get(k) is not None]).replace(
                         ".0000", ""
                     )
                     for k in ("best_epoch", "epochs_run")
                 ],
                 # the median epoch: robust to the first epoch's warm-up and to machine load
-                mean_std(
+                mean_sd_text(
                     [
                         statistics.median(r["epoch_train_seconds"])
                         for r in results
@@ -132,7 +129,7 @@ def summarize(spec: dict, out_dir: Path) -> str:
                     ]
                 ),
                 *[
-                    mean_std([float(r[k]) for r in results if r.get(k) is not None])
+                    mean_sd_text([float(r[k]) for r in results if r.get(k) is not None])
                     for k in ("elapsed_seconds_to_best", "elapsed_seconds")
                 ],
             ]
@@ -145,7 +142,7 @@ def summarize(spec: dict, out_dir: Path) -> str:
             cells = []
             for path in spec["extras"].values():
                 values = [dig(r["result"], path) for r in runs.values()]
-                cells.append(mean_std([float(v) for v in values if v is not None]))
+                cells.append(mean_sd_text([float(v) for v in values if v is not None]))
             if any(c != "-" for c in cells):
                 extra_rows.append([label, len(runs), *cells])
         if extra_rows:

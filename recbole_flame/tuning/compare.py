@@ -16,9 +16,9 @@ import yaml
 from recbole.data.dataloader import FullSortEvalDataLoader
 
 from recbole_flame.config import Config
+from recbole_flame.experiment.per_user import held_out_ranks, paired_users
 from recbole_flame.experiment.stats import format_mean_sd, holm, mean_sd, paired_test
 from recbole_flame.quick_start import prepare, train_and_test
-from recbole_flame.tuning.per_user import held_out_ranks, paired_users
 from recbole_flame.tuning.search import absolute_paths
 from recbole_flame.utils.checkpoint import plain
 from recbole_flame.utils.errors import ConfigError
