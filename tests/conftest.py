@@ -16,6 +16,16 @@ ML100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
 SCRIPT = Path(__file__).resolve().parent.parent / "run_recbole_flame.py"
 BENCHMARKS = SCRIPT.parent / "benchmarks"
 TINY = "ml-tiny"
+#: CANet's smallest supernet of the tests: two widths, depths and embedding sizes.
+CANET_SMALL = {
+    "hidden_size_list": [8, 16],
+    "n_layers_list": [1, 2],
+    "embedding_size_list": [8, 16],
+    "n_heads": 2,
+    "router_hidden_size": 8,
+    "router_n_heads": 2,
+    "router_inner_size": 16,
+}
 N_USERS = 60
 
 

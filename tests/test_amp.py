@@ -15,19 +15,10 @@ from recbole_flame.quick_start import run
 from recbole_flame.trainer import trainer as trainer_module
 from recbole_flame.utils import amp, distributed
 from recbole_flame.utils.checkpoint import load_checkpoint
-from tests.conftest import TINY, ctr_config, prepare_in, seq_config
+from tests.conftest import CANET_SMALL, TINY, ctr_config, prepare_in, seq_config
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
-CANET = {
-    "hidden_size_list": [8, 16],
-    "n_layers_list": [1, 2],
-    "embedding_size_list": [8, 16],
-    "n_heads": 2,
-    "router_hidden_size": 8,
-    "router_n_heads": 2,
-    "router_inner_size": 16,
-    "dropout_prob": 0.0,
-}
+CANET = {**CANET_SMALL, "dropout_prob": 0.0}
 TIM4REC = {"hidden_size": 16, "d_state": 8, "head_dim": 8, "chunk_size": 4, "dropout_prob": 0.0}
 
 # (model, settings): every model of this package, and SASRec (ours) and GRU4Rec (RecBole's).

@@ -20,17 +20,9 @@ from recbole.model.layers import TransformerEncoder
 from recbole_flame.model.canet import route_flops
 from recbole_flame.quick_start import prepare, run
 from recbole_flame.utils import ConfigError
-from tests.conftest import SCRIPT, TINY, one_line_error, prepare_in, seq_config
+from tests.conftest import CANET_SMALL, SCRIPT, TINY, one_line_error, prepare_in, seq_config
 
-SMALL = dict(
-    hidden_size_list=[8, 16],
-    n_layers_list=[1, 2],
-    embedding_size_list=[8, 16],
-    n_heads=2,
-    router_hidden_size=8,
-    router_n_heads=2,
-    router_inner_size=16,
-)
+SMALL = CANET_SMALL
 # (ffn_width, attention_scale, position_alignment): the authors' network and layout (the
 # defaults), and the per-route alternatives with RecBole's positions.
 VARIANTS = [("full", "full", "end"), ("route", "route", "start")]

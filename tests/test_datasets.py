@@ -23,8 +23,7 @@ from recbole_flame.config import Config
 from recbole_flame.data.datasets import bundled_file, check_time_field, provide_dataset
 from recbole_flame.quick_start import prepare, train_and_test
 from recbole_flame.utils import ConfigError
-from tests.conftest import ML100K, N_USERS, SCRIPT, one_line_error, run_cli, seq_config
-from tests.test_canet import SMALL as CANET_SMALL
+from tests.conftest import CANET_SMALL, ML100K, N_USERS, SCRIPT, one_line_error, run_cli, seq_config
 from tests.test_tim4rec import TINY_MODEL as TIM4REC_TINY
 
 OWN, NO_TIME = "own-data", "own-notime"

@@ -354,9 +354,7 @@ def test_gram_block_logsumexp_against_a_loop_and_finite_differences():
     got = flame_module.GramBlockLogSumExp.apply(zg, n_views, tau)
     expected = torch.empty_like(got)
     for g, p, i, q in itertools.product(range(2), range(n_views), range(m), range(n_views)):
-        scores = [
-            zg[g, p * m + i] @ zg[g, q * m + j] / tau for j in range(m) if (p, i) != (q, j)
-        ]
+        scores = [zg[g, p * m + i] @ zg[g, q * m + j] / tau for j in range(m) if (p, i) != (q, j)]
         expected[g, p, i, q] = torch.logsumexp(torch.stack(scores), dim=0)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(

@@ -17,7 +17,7 @@ from recbole.evaluator import Collector, Evaluator
 from recbole_flame.inference.scoring import InnerProductScorer, Ranked, topk_hits
 from recbole_flame.trainer.trainer import Trainer
 from recbole_flame.utils.registry import get_trainer
-from tests.conftest import prepare_in, seq_config
+from tests.conftest import CANET_SMALL, prepare_in, seq_config
 
 # Every metric RecBole 1.2.1 computes from a ranking (rec.topk, rec.items); cut-offs up to 200
 # of 1127 items, so that untrained models place positives in them. ItemCoverage, GiniIndex,
@@ -35,15 +35,7 @@ MODELS = {
     "SASRec": {},
     "FLAME": {},
     "TiM4Rec": {"hidden_size": 16, "d_state": 8, "head_dim": 8, "chunk_size": 4, "n_layers": 2},
-    "CANet": {
-        "hidden_size_list": [8, 16],
-        "n_layers_list": [1, 2],
-        "embedding_size_list": [8, 16],
-        "n_heads": 2,
-        "router_hidden_size": 8,
-        "router_n_heads": 2,
-        "router_inner_size": 16,
-    },
+    "CANet": CANET_SMALL,
 }
 
 

@@ -4,22 +4,10 @@ FLAME stage-1 cache leaves them out of its key (with FLAME's own stage-2 keys)."
 
 from __future__ import annotations
 
-NEUTRAL_KEYS: frozenset[str] = frozenset(
+#: Where and on what a run runs: the device and the processes that train it (a loaded model runs
+#: elsewhere, so its rebuild record leaves them out: inference/record.py).
+MACHINE_KEYS: frozenset[str] = frozenset(
     {
-        # the budget: a resumed run may go on for longer; stage 1 counts its own, stage1_epochs
-        "epochs",
-        # where data, checkpoints, caches and logs are
-        "data_path",
-        "checkpoint_dir",
-        "stage1_cache_dir",
-        "config_files",
-        "save_dataset",
-        "save_dataloaders",
-        "dataset_save_path",
-        "dataloaders_save_path",
-        "log_wandb",
-        "wandb_project",
-        # the device and processes a run uses
         "gpu_id",
         "use_gpu",
         "device",
@@ -34,6 +22,24 @@ NEUTRAL_KEYS: frozenset[str] = frozenset(
         "port",
         "ddp_backend",
         "ddp_timeout",
+    }
+)
+
+NEUTRAL_KEYS: frozenset[str] = MACHINE_KEYS | frozenset(
+    {
+        # the budget: a resumed run may go on for longer; stage 1 counts its own, stage1_epochs
+        "epochs",
+        # where data, checkpoints, caches and logs are
+        "data_path",
+        "checkpoint_dir",
+        "stage1_cache_dir",
+        "config_files",
+        "save_dataset",
+        "save_dataloaders",
+        "dataset_save_path",
+        "dataloaders_save_path",
+        "log_wandb",
+        "wandb_project",
         # how verbosely it runs
         "state",
         "show_progress",

@@ -21,7 +21,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import ModelType, init_seed
 
 from recbole_flame.inference.record import (
-    MACHINE_KEYS,
+    LEFT_OUT,
     REBUILD_VERSION,
     data_fingerprint,
 )
@@ -132,7 +132,7 @@ def _settings(
     data_path: str | os.PathLike | None,
     overrides: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    settings = {k: v for k, v in dict(record["settings"]).items() if k not in MACHINE_KEYS}
+    settings = {k: v for k, v in dict(record["settings"]).items() if k not in LEFT_OUT}
     if data_path is not None:
         settings["data_path"] = str(data_path)
     # Built for the CPU; the device is set once the config exists (gpu_id would rewrite

@@ -12,36 +12,22 @@ import hashlib
 import os
 from typing import Any
 
+from recbole_flame.config.neutral import MACHINE_KEYS
 from recbole_flame.utils.checkpoint import plain
 
 #: Version of the ``rebuild`` record; a reader refuses a newer one with one line.
 REBUILD_VERSION = 1
 
-#: Settings that say where and on what a run ran, not what it learned: left out of the record,
-#: because a load happens on another machine (``gpu_id``, processes) or must not redo stage 1
-#: (``frozen_checkpoint``: inference runs FLAME's learnable network alone).
-MACHINE_KEYS = frozenset(
-    {
-        "gpu_id",
-        "use_gpu",
-        "device",
-        "local_rank",
-        "single_spec",
-        "nproc",
-        "world_size",
-        "offset",
-        "ip",
-        "port",
-        "ddp_backend",
-        "ddp_timeout",
-        "worker",
-        "frozen_checkpoint",
-        "stage1_cache_dir",
-        "checkpoint_dir",
-        "show_progress",
-        "state",
-    }
-)
+#: Settings left out of the record: where and on what the run ran (a load happens on another
+#: machine), where it wrote, and FLAME's stage-1 source (``frozen_checkpoint``: inference runs
+#: FLAME's learnable network alone, so a load must not redo stage 1).
+LEFT_OUT = MACHINE_KEYS | {
+    "frozen_checkpoint",
+    "stage1_cache_dir",
+    "checkpoint_dir",
+    "show_progress",
+    "state",
+}
 
 
 def vocabulary_fingerprint(dataset: Any, field: str | None) -> dict[str, Any] | None:
@@ -80,7 +66,7 @@ def rebuild_record(config: Any, network: Any, fingerprint: dict[str, Any] | None
     if isinstance(final.get("data_path"), str):
         # RecBole's final data_path is <data_path>/<dataset>, made absolute by our Config.
         given["data_path"] = os.path.dirname(final["data_path"].rstrip("/\\"))
-    settings = {k: v for k, v in given.items() if k not in MACHINE_KEYS}
+    settings = {k: v for k, v in given.items() if k not in LEFT_OUT}
     return {
         "version": REBUILD_VERSION,
         "model": str(config["model"]),
