@@ -450,6 +450,7 @@ MICRO_TABLES: dict[str, tuple[str, str]] = {
     "authors_curve_r3": ("authors_curve/result_num_epoch3.json", "authors_curve"),
     "canet_inference": ("canet_inference/result.json", "canet_inference"),
     "canet_inference_large_batch": ("canet_inference/batch2048.json", "canet_inference"),
+    "prefix_scaling": ("prefix_scaling/result.json", "prefix_scaling"),
 }
 
 

@@ -344,6 +344,8 @@ def table(report: dict) -> str:
                 gb(train.get("per_1000_steps_s")),
                 gb(train.get("build_per_1000_steps_s")),
                 gb(train.get("peak_gb")),
+                f"{train['epoch_wall_s']:.0f}" if train.get("epoch_to_end") else "-",
+                f"{train['epoch_estimate_s'] / 3600:.2f}" if train.get("epoch_to_end") else "-",
                 f"{evaluation['seconds']:.1f}" if evaluation else "-",
                 gb(evaluation.get("peak_gb")),
             ]
@@ -358,6 +360,8 @@ def table(report: dict) -> str:
         "s per 1,000 steps",
         "of which batch building s",
         "training peak GB",
+        "the epoch's batches built to its end, s",
+        "epoch estimate h (batches x mean step)",
         "validation s (10,000 users)",
         "validation peak GB",
     ]
