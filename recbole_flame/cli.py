@@ -439,7 +439,7 @@ def _run_experiment(args, seeds: list[int] | None) -> None:
 
 def _compare(args, models, seeds, config_files, overrides: Sequence[str]) -> None:
     from recbole_flame.config import parse_cmd_args
-    from recbole_flame.tuning.compare import markdown, run_comparison
+    from recbole_flame.experiment.compare import markdown, run_comparison
 
     parsed = parse_cmd_args(overrides)
     if not seeds and "seed" in parsed:

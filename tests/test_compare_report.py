@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recbole_flame.tuning.compare import markdown, summarize, write_outputs
+from recbole_flame.experiment.compare import markdown, summarize, write_outputs
 
 # Test ndcg@10 per seed: B = A + (1, 2, 3)/100, C = A + (2, 2, 5)/100.
 A_NDCG = [0.10, 0.20, 0.30]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recbole_flame.tuning.compare import run_comparison
+from recbole_flame.experiment.compare import run_comparison
 from recbole_flame.tuning.hyper import HyperFileError, check_search_space, parse_hyper_file
 from recbole_flame.tuning.search import SearchFailed, SearchSettings, run_search
 from recbole_flame.utils import ConfigError
@@ -252,8 +252,43 @@ def test_comparison_writes_table_csv_json_png(data_root, workdir):
     assert "epochs to best" in (out / "comparison.md").read_text()
 
 
+def test_a_comparison_is_an_experiment_of_the_engine(data_root, workdir, monkeypatch):
+    """Each (model, seed) is an engine record with its provenance; a second comparison into the
+    same folder reads the finished runs back (it trains nothing and gives the same table), and
+    one with other settings stops in one line rather than compare runs it did not make."""
+    import recbole_flame.experiment.runs as runs
+    from recbole_flame.experiment.compare import markdown
+
+    out = workdir / "cmp"
+    settings = seq_config(data_root, epochs=1)
+    first = run_comparison(["SASRec"], TINY, seeds=[1], overrides=settings, output_dir=str(out))
+    record = json.loads((out / "SASRec-seed1.json").read_text())
+    assert {"command", "commit", "machine", "sitting_wall_seconds"} <= set(record)
+    tested = record["result"]["test_result"]["ndcg@10"]
+    assert first["rows"][0]["ndcg@10"]["values"] == [tested]
+    ranks, users = record["result"]["comparison"]["ranks"]
+    assert len(ranks) == len(users) == len(set(users)) > 0
+
+    def trains(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(runs, "run_one", trains)
+    again = run_comparison(["SASRec"], TINY, seeds=[1], overrides=settings, output_dir=str(out))
+    assert markdown(again) == markdown(first)
+    with pytest.raises(
+        ConfigError, match="SASRec-seed1.json holds a run of SASRec made with other"
+    ):
+        run_comparison(
+            ["SASRec"],
+            TINY,
+            seeds=[1],
+            overrides=seq_config(data_root, epochs=1, learning_rate=0.01),
+            output_dir=str(out),
+        )
+
+
 def test_comparison_refuses_models_that_see_different_data(data_root, workdir):
-    from recbole_flame.tuning import compare
+    from recbole_flame.experiment import compare
 
     real = compare.Config
 

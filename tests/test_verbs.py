@@ -12,9 +12,9 @@ from tests.conftest import one_line_error, run_cli
 @pytest.fixture
 def calls(monkeypatch):
     """What the command line asked of each engine, recorded instead of run."""
+    import recbole_flame.experiment.compare as compare
     import recbole_flame.experiment.runs as runs
     import recbole_flame.quick_start as quick_start
-    import recbole_flame.tuning.compare as compare
     import recbole_flame.tuning.search as search
 
     seen: list[tuple] = []

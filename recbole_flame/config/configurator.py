@@ -41,6 +41,16 @@ _CPU_WARNED: list[bool] = []  # the no-CUDA warning is printed once per process
 PATH_KEYS = ("data_path", "checkpoint_dir", "frozen_checkpoint", "stage1_cache_dir")
 
 
+def absolute_paths(overrides: dict[str, Any], config_files: Sequence[str]) -> tuple[dict, list]:
+    """``overrides`` with its path-valued settings (:data:`PATH_KEYS`) and ``config_files`` made
+    absolute here, before a run moves to another folder (a Ray trial, an engine's run)."""
+    fixed = dict(overrides)
+    for key in PATH_KEYS:
+        if isinstance(fixed.get(key), str):
+            fixed[key] = os.path.abspath(fixed[key])
+    return fixed, [os.path.abspath(f) for f in config_files]
+
+
 @contextlib.contextmanager
 def visible_devices_kept() -> Iterator[None]:
     """RecBole's Config sets ``CUDA_VISIBLE_DEVICES`` from ``gpu_id`` (a run's process sees its

@@ -10,7 +10,7 @@ tests that summarise them.
   progress reports;
 - :mod:`~recbole_flame.experiment.summary`: the summary table and paired tests;
 - :mod:`~recbole_flame.experiment.stats`: mean ± sd and paired t-tests (shared with
-  :mod:`recbole_flame.tuning.compare`);
+  :mod:`recbole_flame.experiment.compare`);
 - :mod:`~recbole_flame.experiment.per_user`: per-user ranks of a test split and paired tests over
   users (the comparison and the probes);
 - :mod:`~recbole_flame.experiment.probes`: what the scripts under ``benchmarks/probes/`` read a

@@ -24,7 +24,7 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +103,17 @@ def unpark(spec: dict, label: str, seed: int, out_dir: Path) -> Path | None:
     return state_path
 
 
-def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
+def run_one(
+    spec: dict,
+    label: str,
+    seed: int,
+    out_dir: Path,
+    after_test: Callable[..., dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Train one (run, seed) to early stopping (unparking or resuming its state first) and
-    write its result record; returns the record."""
+    write its result record; returns the record. ``after_test``: what the run measures of its
+    tested model besides RecBole's result (:func:`recbole_flame.quick_start.run`), kept in the
+    record's result."""
     from recbole_flame.quick_start import run
 
     entry = spec["runs"][label]
@@ -117,7 +125,14 @@ def run_one(spec: dict, label: str, seed: int, out_dir: Path) -> dict[str, Any]:
     resume = str(states[-1]) if states else None
     print(f"== {label} seed {seed}" + (f" (resuming {resume})" if resume else ""), flush=True)
     start = time.perf_counter()
-    result = run(entry["model"], spec["dataset"], config_dict=config, resume=resume)
+    result = run(
+        entry["model"],
+        spec["dataset"],
+        spec.get("config_files"),
+        config_dict=config,
+        resume=resume,
+        after_test=after_test,
+    )
     record = {
         **provenance(),
         "spec": spec["name"],

@@ -1,6 +1,6 @@
 """Mean ± sd and paired t-tests: the one place the experiment summaries
 (:mod:`recbole_flame.experiment.summary`) and the model comparison
-(:mod:`recbole_flame.tuning.compare`) compute and format them, so both report a spread or a
+(:mod:`recbole_flame.experiment.compare`) compute and format them, so both report a spread or a
 paired difference the same way.
 
 The sd is the sample standard deviation (n - 1); a paired test is scipy's ``ttest_rel`` on the

@@ -198,6 +198,7 @@ def run(
     ip: str = "localhost",
     port: int | str = 5678,
     group_offset: int = 0,
+    after_test: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """Train ``model`` on ``dataset`` with early stopping on validation, then test the
     best-validation model. ``resume``: a run's ``-last.pth`` state to continue from (the same
@@ -214,9 +215,12 @@ def run(
     best model's file, or None when ``saved`` is False), ``epoch_train_seconds`` and any
     model-specific entries, the learning curve (``valid_history``, ``best_epoch``,
     ``elapsed_seconds_to_best``, ...) and ``resume_file``. ``callback_fn(epoch, valid_score)`` is
-    called after each validation.
+    called after each validation. ``after_test(config, model, trainer, data, result)``
+    (one process only) measures the tested model further; its entries join the result.
     """
     if nproc != 1 or world_size > 0:
+        if after_test is not None:
+            raise ConfigError("after_test measures a run in this process: nproc 1 only")
         world = distributed.check_launch(nproc, world_size, group_offset, ip, port)
         config, _ = checked_config(model, dataset, config_file_list, config_dict, cmd_args)
         distributed.check_gpus(config["gpu_id"] if config["use_gpu"] else "", nproc)
@@ -231,18 +235,37 @@ def run(
             group_offset,
         )
     return _run_process(
-        model, dataset, config_file_list, saved, cmd_args, resume, config_dict, callback_fn
+        model,
+        dataset,
+        config_file_list,
+        saved,
+        cmd_args,
+        resume,
+        config_dict,
+        callback_fn,
+        after_test,
     )
 
 
 def _run_process(
-    model, dataset, config_file_list, saved, cmd_args, resume, config_dict, callback_fn=None
+    model,
+    dataset,
+    config_file_list,
+    saved,
+    cmd_args,
+    resume,
+    config_dict,
+    callback_fn=None,
+    after_test=None,
 ):
     """:func:`run` in this process: the only one, or one process of a distributed run."""
-    config, _net, trainer, data = prepare(model, dataset, config_file_list, config_dict, cmd_args)
+    config, net, trainer, data = prepare(model, dataset, config_file_list, config_dict, cmd_args)
     if resume:
         trainer.resume_checkpoint(resume)
-    return train_and_test(config, trainer, data, saved=saved, callback_fn=callback_fn)
+    result = train_and_test(config, trainer, data, saved=saved, callback_fn=callback_fn)
+    if after_test is not None:
+        result.update(after_test(config, net, trainer, data, result))
+    return result
 
 
 def train_and_test(

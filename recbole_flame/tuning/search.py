@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from recbole_flame.config import parse_cmd_args
-from recbole_flame.config.configurator import PATH_KEYS, visible_devices_kept
+from recbole_flame.config.configurator import absolute_paths, visible_devices_kept
 from recbole_flame.quick_start.quick_start import checked_config, prepare
 from recbole_flame.tuning.hyper import check_search_space, parse_hyper_file, search_space
 from recbole_flame.tuning.ray_api import tune_api
@@ -44,15 +44,6 @@ class SearchSettings:
     resume: bool = False
     grace_period: int = 1
     max_concurrent: int | None = None
-
-
-def absolute_paths(overrides: dict[str, Any], config_files: Sequence[str]) -> tuple[dict, list]:
-    """Make path-valued settings absolute here, before Ray moves each trial to its own folder."""
-    fixed = dict(overrides)
-    for key in PATH_KEYS:
-        if isinstance(fixed.get(key), str):
-            fixed[key] = os.path.abspath(fixed[key])
-    return fixed, [os.path.abspath(f) for f in config_files]
 
 
 def _trial(

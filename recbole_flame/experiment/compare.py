@@ -16,10 +16,10 @@ import yaml
 from recbole.data.dataloader import FullSortEvalDataLoader
 
 from recbole_flame.config import Config
+from recbole_flame.config.configurator import absolute_paths
 from recbole_flame.experiment.per_user import held_out_ranks, paired_users
+from recbole_flame.experiment.spec import result_file, run_config
 from recbole_flame.experiment.stats import format_mean_sd, holm, mean_sd, paired_test
-from recbole_flame.quick_start import prepare, train_and_test
-from recbole_flame.tuning.search import absolute_paths
 from recbole_flame.utils.checkpoint import plain
 from recbole_flame.utils.errors import ConfigError
 from recbole_flame.utils.paths import profile
@@ -120,8 +120,14 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Train and test each model with each seed (default: the profile's seed) on settings they
     all share (:func:`comparison_settings`); a FLAME run adds its frozen stage-1 SASRec as the
-    row ``FLAME (frozen)``. Writes table (md), CSV, JSON and a PNG of the validation metric
-    per epoch into ``output_dir``; returns the summary."""
+    row ``FLAME (frozen)``. The runs are an experiment of the engine
+    (:func:`comparison_spec`, :func:`~recbole_flame.experiment.runs.run_one`): each (model, seed)
+    writes its record to ``output_dir`` (``<model>-seed<k>.json``, its checkpoints under
+    ``ckpt/``), a finished one is read back instead of trained again, a stopped one resumes.
+    Writes table (md), CSV, JSON and a PNG of the validation metric per epoch into
+    ``output_dir``; returns the summary."""
+    from recbole_flame.experiment.runs import run_one
+
     overrides, config_files = absolute_paths(overrides or {}, config_files)
     settings, notes = comparison_settings(models, dataset, config_files, overrides)
     # default: the seed the runs would use (a config file's, else the profile's)
@@ -132,38 +138,57 @@ def run_comparison(
     logger = getLogger()
     for note in notes:
         logger.info(note)
+    spec = comparison_spec(models, dataset, seeds, config_files, settings)
+    out = Path(output_dir).absolute()
     runs = []
     for seed in seeds:
         for model in models:
-            config, net, trainer, data = prepare(
-                model, dataset, config_files, {**settings, "seed": seed}
-            )
-            result = train_and_test(config, trainer, data, saved=True)
-            ranks = per_user_ranks(trainer, data[2])
-            runs.append(
-                {
-                    "model": config["model"],
-                    "seed": seed,
-                    "valid_metric": config["valid_metric"],
-                    "settings": {k: plain(config[k]) for k in SHARED_TRAINING_KEYS},
-                    "test_result": dict(result["test_result"]),
-                    "best_valid_result": dict(result["best_valid_result"] or {}),
-                    "epoch_seconds": statistics.median(result["epoch_train_seconds"])
-                    if result["epoch_train_seconds"]
-                    else float("nan"),
-                    "inference_seconds_per_batch": inference_seconds_per_batch(trainer, data[2]),
-                    "parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
-                    "curve": [(h["epoch"], h["valid_score"]) for h in result["valid_history"]],
-                    "best_epoch": result["best_epoch"],
-                    "seconds_to_best": result["elapsed_seconds_to_best"],
-                    "ranks": ranks,
-                }
-            )
-            if hasattr(net, "scoring_with") and result.get("stage1_test_result"):
-                runs.append(frozen_run(runs[-1], result, net, trainer, data[2]))
+            record = finished_record(spec, model, seed, out)
+            if record is None:
+                record = run_one(spec, model, seed, out, after_test=measure_for_comparison)
+            runs.extend(comparison_rows(record))
     summary = summarize(runs, notes, dataset)
     write_outputs(summary, Path(output_dir))
     return summary
+
+
+def comparison_spec(
+    models: Sequence[str],
+    dataset: str,
+    seeds: Sequence[int],
+    config_files: Sequence[str],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The comparison as an experiment spec, built in memory: one run per model, the shared
+    settings as its base."""
+    return {
+        "name": "comparison",
+        "path": "(the command line)",
+        "dataset": dataset,
+        "seeds": list(seeds),
+        "config_files": list(config_files),
+        "base": dict(settings),
+        "runs": {model: {"model": model} for model in models},
+        "compare": [],
+        "extras": {},
+    }
+
+
+def finished_record(spec: dict, label: str, seed: int, out: Path) -> dict[str, Any] | None:
+    """The record of a (model, seed) that an earlier comparison into ``out`` finished with the
+    same settings, or None when there is none; one line when the record there was made with
+    other settings (it would be compared as if it were this run)."""
+    path = result_file(out, label, seed)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    config, _ = run_config(spec, label, seed, out)
+    if plain(record.get("config")) != plain(config) or "comparison" not in record["result"]:
+        raise ConfigError(
+            f"{path} holds a run of {label} made with other settings; compare into another "
+            "--output_dir, or remove that folder to train again"
+        )
+    return record
 
 
 # The settings of SHARED_TRAINING_KEYS each run recorded (a test checks they are shared).
@@ -187,26 +212,80 @@ def per_user_ranks(trainer, test_data) -> tuple[torch.Tensor, torch.Tensor] | No
     return (ranks, users) if users.unique().numel() == users.numel() else None
 
 
-def frozen_run(learnable: dict, result: dict, net, trainer, test_data) -> dict[str, Any]:
-    """FLAME's frozen stage-1 SASRec as a run of its own, from the same FLAME run: its test
-    and validation results, its stage-1 curve and, scored here, its per-user ranks."""
-    curve = result.get("stage1_learning_curve") or {}
-    with net.scoring_with("frozen"):
-        ranks = per_user_ranks(trainer, test_data)
-        seconds = inference_seconds_per_batch(trainer, test_data)
-    return {
-        **learnable,
-        "model": f"{learnable['model']} (frozen)",
-        "test_result": dict(result["stage1_test_result"]),
-        "best_valid_result": dict(result.get("stage1_valid_result") or {}),
-        "epoch_seconds": float("nan"),  # stage 1 may be cached or given: not timed here
-        "inference_seconds_per_batch": seconds,
-        "parameters": sum(p.numel() for p in net.frozen.parameters()),
-        "curve": [(h["epoch"], h["valid_score"]) for h in curve.get("valid_history", [])],
-        "best_epoch": curve.get("best_epoch"),
-        "seconds_to_best": curve.get("elapsed_seconds_to_best"),
-        "ranks": ranks,
+def _plain_ranks(ranks: tuple[torch.Tensor, torch.Tensor] | None) -> list | None:
+    return None if ranks is None else [ranks[0].tolist(), ranks[1].tolist()]
+
+
+def measure_for_comparison(config, net, trainer, data, result) -> dict[str, Any]:
+    """What a comparison needs of a tested run besides its result (the engine's ``after_test``):
+    the shared settings, per-user test ranks, scoring time per batch and trainable
+    parameters; for FLAME the same of its frozen stage-1 SASRec."""
+    test_data = data[2]
+    measured = {
+        "valid_metric": config["valid_metric"],
+        "settings": {k: plain(config[k]) for k in SHARED_TRAINING_KEYS},
+        "ranks": _plain_ranks(per_user_ranks(trainer, test_data)),
+        "inference_seconds_per_batch": inference_seconds_per_batch(trainer, test_data),
+        "parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
     }
+    if hasattr(net, "scoring_with") and result.get("stage1_test_result"):
+        with net.scoring_with("frozen"):
+            measured["frozen"] = {
+                "ranks": _plain_ranks(per_user_ranks(trainer, test_data)),
+                "inference_seconds_per_batch": inference_seconds_per_batch(trainer, test_data),
+                "parameters": sum(p.numel() for p in net.frozen.parameters()),
+            }
+    return {"comparison": measured}
+
+
+def _ranks(plain_ranks: list | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return (
+        None
+        if plain_ranks is None
+        else (torch.tensor(plain_ranks[0]), torch.tensor(plain_ranks[1]))
+    )
+
+
+def comparison_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The comparison's row(s) of one engine record: the model's, and for FLAME its frozen
+    stage-1 SASRec's."""
+    result, measured = record["result"], record["result"]["comparison"]
+    row = {
+        "model": result["model"],
+        "seed": record["seed"],
+        "valid_metric": measured["valid_metric"],
+        "settings": measured["settings"],
+        "test_result": dict(result["test_result"]),
+        "best_valid_result": dict(result["best_valid_result"] or {}),
+        "epoch_seconds": statistics.median(result["epoch_train_seconds"])
+        if result["epoch_train_seconds"]
+        else float("nan"),
+        "inference_seconds_per_batch": measured["inference_seconds_per_batch"],
+        "parameters": measured["parameters"],
+        "curve": [(h["epoch"], h["valid_score"]) for h in result["valid_history"]],
+        "best_epoch": result["best_epoch"],
+        "seconds_to_best": result["elapsed_seconds_to_best"],
+        "ranks": _ranks(measured["ranks"]),
+    }
+    if "frozen" not in measured:
+        return [row]
+    frozen, curve = measured["frozen"], result.get("stage1_learning_curve") or {}
+    return [
+        row,
+        {
+            **row,
+            "model": f"{row['model']} (frozen)",
+            "test_result": dict(result["stage1_test_result"]),
+            "best_valid_result": dict(result.get("stage1_valid_result") or {}),
+            "epoch_seconds": float("nan"),  # stage 1 may be cached or given: not timed here
+            "inference_seconds_per_batch": frozen["inference_seconds_per_batch"],
+            "parameters": frozen["parameters"],
+            "curve": [(h["epoch"], h["valid_score"]) for h in curve.get("valid_history", [])],
+            "best_epoch": curve.get("best_epoch"),
+            "seconds_to_best": curve.get("elapsed_seconds_to_best"),
+            "ranks": _ranks(frozen["ranks"]),
+        },
+    ]
 
 
 # Fewer paired seeds than this give no across-seed p-value (two equal differences gave
