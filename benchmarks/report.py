@@ -184,8 +184,11 @@ def canet_points(root: Path) -> list[dict[str, Any]]:
                 for key in tests[0]
                 if key != "flops_ratio"
             }
+            length = spec["base"].get("MAX_ITEM_LIST_LENGTH", "default")
             points.append(
                 {
+                    # a static line is a line of one data setting: dataset and sequence length
+                    "data": f"{spec['dataset']}, L = {length}",
                     "experiment": spec["name"],
                     "label": label,
                     "model": run.get("model", ""),
@@ -198,10 +201,12 @@ def canet_points(root: Path) -> list[dict[str, Any]]:
     return points
 
 
-def static_line(points: list[dict[str, Any]], ratio: float, metric: str) -> float | None:
-    """The static sub-networks' ``metric`` at ``ratio``, linear between the two static points
-    around it; None outside their range."""
-    line = sorted((p["ratio"], p["test"][metric]) for p in points if p["static"])
+def static_line(points: list[dict[str, Any]], ratio: float, metric: str, data: str) -> float | None:
+    """The static sub-networks' ``metric`` on ``data`` at ``ratio``, linear between the two
+    static points around it; None outside their range."""
+    line = sorted(
+        (p["ratio"], p["test"][metric]) for p in points if p["static"] and p["data"] == data
+    )
     for (r0, v0), (r1, v1) in zip(line, line[1:], strict=False):
         if r0 <= ratio <= r1:
             return v0 if r1 == r0 else v0 + (v1 - v0) * (ratio - r0) / (r1 - r0)
@@ -211,9 +216,12 @@ def static_line(points: list[dict[str, Any]], ratio: float, metric: str) -> floa
 def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
     """CANet's accuracy against its FLOPs ratio (:func:`canet_points`); the static
     sub-networks are joined into one line."""
+    # the first data setting measured (amazon-beauty): static lines of other data are the
+    # table's, not this plot's
     points = canet_points(root)
     if not points:
         return False
+    points = [p for p in points if p["data"] == points[0]["data"]]
     fig, (ax,) = _figure(1, (4.6, 3.4))
     # The line a routed model has to lie above to beat a smaller model of the same cost.
     static = sorted((p["ratio"], p["test"][metric]) for p in points if p["static"])
@@ -233,11 +241,14 @@ def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
 def canet_table(root: Path, metric: str = "ndcg@10") -> str:
     """The table of :func:`plot_canet`'s points, by FLOPs ratio, with each routed CANet
     point's distance above the static line at its ratio (:func:`static_line`)."""
-    points = sorted(canet_points(root), key=lambda p: (p["ratio"], p["label"]))
+    found = canet_points(root)
+    first = {p["data"]: i for i, p in reversed(list(enumerate(found)))}  # data in spec order
+    points = sorted(found, key=lambda p: (first[p["data"]], p["ratio"], p["label"]))
     if not points:
         return "not run yet"
     metrics = ["hit@10", "hit@20", "ndcg@10", "ndcg@20"]
     headers = [
+        "data",
         "run",
         "kind",
         "experiment",
@@ -250,10 +261,11 @@ def canet_table(root: Path, metric: str = "ndcg@10") -> str:
     rows = []
     for p in points:
         routed = p["model"] == "CANet" and not p["static"]
-        line = static_line(points, p["ratio"], metric) if routed else None
+        line = static_line(points, p["ratio"], metric, p["data"]) if routed else None
         kind = "static sub-network" if p["static"] else "routed" if routed else p["model"]
         rows.append(
             [
+                p["data"],
                 p["label"],
                 kind,
                 p["experiment"],

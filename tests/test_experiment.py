@@ -446,9 +446,21 @@ def test_canet_table_puts_routed_runs_against_the_static_line_by_hand(tmp_path) 
     (tmp_path / "benchmarks" / "results" / "other" / "plain-seed1.json").write_text(
         json.dumps({"result": {"test_result": {"ndcg@10": 0.9}}})
     )
-    rows = [line.split(" | ") for line in canet_table(tmp_path).splitlines()[2:]]
-    by_label = {row[0].lstrip("| "): row for row in rows}
-    assert [row[0].lstrip("| ") for row in rows] == ["cheap", "small", "routed", "big", "plain"]
+    # the same dataset at another sequence length: another static line, which must not bend
+    # canet_x's (a point at 0.6 of 0.9 would put the routed run far below it)
+    (experiments / "canet_y.yaml").write_text(
+        "dataset: ml-100k\nseeds: [1]\nbase: {MAX_ITEM_LIST_LENGTH: 200}\nruns:\n"
+        "  mid: {model: CANet, config: {fixed_route: h48-l2-e48}}\n"
+    )
+    (tmp_path / "benchmarks" / "results" / "canet_y").mkdir()
+    (tmp_path / "benchmarks" / "results" / "canet_y" / "mid-seed1.json").write_text(
+        json.dumps({"result": {"test_result": {"ndcg@10": 0.9, "flops_ratio": 0.6}}})
+    )
+    rows = [line.lstrip("| ").split(" | ") for line in canet_table(tmp_path).splitlines()[2:]]
+    data = {row[1]: row[0] for row in rows}
+    by_label = {row[1]: row[1:] for row in rows}
+    assert [row[1] for row in rows] == ["cheap", "small", "routed", "big", "plain", "mid"]
+    assert data["routed"] == "ml-100k, L = default" and data["mid"] == "ml-100k, L = 200"
     assert by_label["small"][1:4] == ["static sub-network", "canet_x", "2"]
     assert by_label["small"][7] == "0.0300"
     assert by_label["routed"][1] == "routed"
