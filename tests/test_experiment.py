@@ -292,7 +292,7 @@ def test_authors_curve_reads_their_log_and_tabulates_both_curves() -> None:
     the test block ignored; the table pairs epochs of the two curves."""
     authors_curve_table = load_benchmark("micro/authors_curve.py").table
 
-    module = _authors_curve_module()
+    module = load_benchmark("micro/authors_curve.py")
     log = "\n".join(
         [
             "[Epoch   1] Train ( 812.50s) | Loss    : 17.2500",
@@ -328,16 +328,6 @@ def test_authors_curve_reads_their_log_and_tabulates_both_curves() -> None:
     assert rows == ["| 2 | 0.0225 | 0.0212 | 0.08 | 0.06 | 15 |"]
 
 
-def _authors_curve_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "micro" / "authors_curve.py"
-    spec = importlib.util.spec_from_file_location("authors_curve", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_authors_curve_stops_their_run_after_the_asked_validations(tmp_path) -> None:
     """Their --num_epoch is also their annealing length, so the harness gives it the recipe's R
     and stops the process itself: a stand-in train.py that prints an epoch block forever (and
@@ -356,7 +346,7 @@ def test_authors_curve_stops_their_run_after_the_asked_validations(tmp_path) -> 
         "    print(f'                            | NDCG@20 :  {e:.2f}', flush=True)\n"
         "    time.sleep(0.05)\n"
     )
-    module = _authors_curve_module()
+    module = load_benchmark("micro/authors_curve.py")
     log = tmp_path / "out" / "authors_train.log"
     cmd = [sys.executable, "-u", str(fake), "--num_epoch", "200"]
     text = module.stream_until_validations(cmd, tmp_path, {}, log, 2)
@@ -372,7 +362,7 @@ def test_authors_curve_reports_a_failing_run_with_its_stderr(tmp_path) -> None:
 
     fake = tmp_path / "train.py"
     fake.write_text("import sys\nprint('Preparing...')\nsys.exit('their error here')\n")
-    module = _authors_curve_module()
+    module = load_benchmark("micro/authors_curve.py")
     with pytest.raises(RuntimeError, match="their error here"):
         module.stream_until_validations(
             [sys.executable, str(fake)], tmp_path, {}, tmp_path / "log.txt", 3

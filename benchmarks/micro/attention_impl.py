@@ -24,34 +24,21 @@ commit, machine, wall time and every sample to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import time
+import sys
+from typing import Any
 
 import torch
-from common import train_step
+from common import interleaved_samples, run, synthetic_model, train_step
 from recbole.data.interaction import Interaction
 from recbole.model.layers import MultiHeadAttention
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
-from recbole_flame.config import Config
-from recbole_flame.experiment.output import markdown_table, provenance, write_json
+from recbole_flame.experiment.output import markdown_table
 from recbole_flame.model.layers.attention import set_attention_impl
-from recbole_flame.utils.registry import get_model
-from recbole_flame.utils.timing import interleaved_samples
 
 IMPLS = ("recbole", "sdpa")
-
-
-class _Synthetic:
-    """What SASRec and FLAME read from a dataset: the item count."""
-
-    def __init__(self, n_items: int) -> None:
-        self.n_items = n_items
-
-    def num(self, field: str) -> int:
-        return self.n_items
 
 
 def build(model_name: str, length: int, dropout: float, impl: str, n_items: int, seed: int = 0):
@@ -67,18 +54,8 @@ def build(model_name: str, length: int, dropout: float, impl: str, n_items: int,
         "loss_type": "CE",
         "train_neg_sample_args": None,
         "attention_impl": impl,
-        "gpu_id": "",
-        "use_gpu": False,
-        "learning_rate": 1e-3,
     }
-    config = Config(model_name, "ml-100k", config_dict=settings)
-    torch.manual_seed(seed)
-    model = get_model(model_name)(config, _Synthetic(n_items))
-    # Importing RecBole's sequential models (SINE) switches anomaly detection on: a debugging
-    # aid that slows every backward pass.
-    torch.autograd.set_detect_anomaly(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model, torch.optim.Adam(params, lr=1e-3)
+    return synthetic_model(model_name, settings, n_items, seed=seed)
 
 
 def batch(length: int, size: int, n_items: int, seed: int = 0) -> Interaction:
@@ -106,7 +83,7 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def measure(fns: dict, reps: int) -> dict:
+def measure_pair(fns: dict, reps: int) -> dict:
     samples = interleaved_samples(fns, reps)
     ratios = paired_ratios(samples)
     return {
@@ -141,7 +118,7 @@ def core_timings(lengths: list[int], size: int, reps: int, dropouts: list[float]
             if dropout == 0:  # eval mode has no dropout: once per L
                 cases.append(("attention eval fwd", _core_eval))
             for what, fn in cases:
-                result = measure(
+                result = measure_pair(
                     {
                         impl: lambda i, m=m, f=fn, x=x, k=mask: f(m, x, k)
                         for impl, m in layers.items()
@@ -162,12 +139,23 @@ def _core_eval(layer: MultiHeadAttention, x: torch.Tensor, mask: torch.Tensor) -
         layer(x, mask)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+HEADERS = [
+    "model",
+    "threads",
+    "L",
+    "dropout",
+    "what",
+    "recbole s",
+    "sdpa s",
+    "sdpa/recbole (paired median)",
+    "paired IQR",
+]
+
+
+def arguments(parser) -> None:
     parser.add_argument("--models", default="SASRec,FLAME")
     parser.add_argument("--lengths", default="50,200")
     parser.add_argument("--dropouts", default="0.5,0")
-    parser.add_argument("--threads", default="1", help="torch thread counts, e.g. 1,2")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--items", type=int, default=12102)
     parser.add_argument("--reps", type=int, default=9)
@@ -180,34 +168,22 @@ def main() -> None:
         help="also time the attention sublayer alone at these L (e.g. 25,50,100,200)",
     )
     parser.add_argument("--core_reps", type=int, default=21)
-    parser.add_argument("--out", default="benchmarks/results/micro/attention_impl/result.json")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    report = {**provenance(), "settings": vars(args), "results": []}
-    headers = [
-        "model",
-        "threads",
-        "L",
-        "dropout",
-        "what",
-        "recbole s",
-        "sdpa s",
-        "sdpa/recbole (paired median)",
-        "paired IQR",
-    ]
-    rows = []
+
+
+def measure(args, save) -> dict[str, Any]:
+    settings = {**vars(args), "threads": ",".join(map(str, args.thread_counts))}
+    settings.pop("thread_counts")
+    report: dict[str, Any] = {"settings": settings, "results": []}
 
     def record(key: list, result: dict) -> None:
         q1, q2, q3 = result["ratio_quartiles"]
         times = result["median_s"]
         row = [*key, times["recbole"], times["sdpa"], q2, f"{q1:.3f}-{q3:.3f}"]
-        rows.append(row)
-        report["results"].append({**dict(zip(headers, row, strict=True)), **result})
-        print(dict(zip(headers, row, strict=True)), flush=True)
-        if args.out:  # after every row, so a run stopped early keeps what it measured
-            write_json(args.out, {**report, "wall_seconds": time.perf_counter() - start})
+        report["results"].append({**dict(zip(HEADERS, row, strict=True)), **result})
+        print(dict(zip(HEADERS, row, strict=True)), flush=True)
+        save(report)  # after every row, so a run stopped early keeps what it measured
 
-    for threads in [int(v) for v in args.threads.split(",")]:
+    for threads in args.thread_counts:
         torch.set_num_threads(threads)
         if args.core_lengths:
             lengths = [int(v) for v in args.core_lengths.split(",")]
@@ -220,7 +196,7 @@ def main() -> None:
                     built = {
                         impl: build(model_name, length, dropout, impl, args.items) for impl in IMPLS
                     }
-                    result = measure(
+                    result = measure_pair(
                         {
                             impl: lambda i, m=model, o=opt, d=data: train_step(m, o, d)
                             for impl, (model, opt) in built.items()
@@ -230,7 +206,7 @@ def main() -> None:
                     record([model_name, threads, length, dropout, "train step"], result)
                     if args.eval and model_name == "SASRec" and dropout == 0:
                         # Dropout is off in eval mode: one measurement per L.
-                        result = measure(
+                        result = measure_pair(
                             {
                                 impl: lambda i, m=model, d=data: full_sort(m, d)
                                 for impl, (model, _) in built.items()
@@ -239,17 +215,29 @@ def main() -> None:
                         )
                         record([model_name, threads, length, "-", "full_sort_predict"], result)
                     del built
-    report["wall_seconds"] = time.perf_counter() - start
-    print(
-        f"\n## attention_impl on CPU (batch {args.batch}, d=64, 2 layers, 2 heads, "
-        f"{args.items} items, {args.reps} interleaved rounds; times are medians, the ratio is "
-        "the median of the per-round ratios)\n"
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """One row per measurement: both implementations' median seconds and the paired ratio."""
+    s = report["settings"]
+    title = (
+        f"## attention_impl on CPU (batch {s['batch']}, d=64, 2 layers, 2 heads, "
+        f"{s['items']} items, {s['reps']} interleaved rounds; times are medians, the ratio is "
+        "the median of the per-round ratios)\n\n"
     )
-    print(markdown_table(headers, rows))
-    if args.out:
-        write_json(args.out, report)
+    rows = [[r[h] for h in HEADERS] for r in report["results"]]
+    return title + markdown_table(HEADERS, rows)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    main()
+    sys.exit(
+        run(
+            __doc__,
+            measure,
+            table,
+            out="benchmarks/results/micro/attention_impl/result.json",
+            arguments=arguments,
+        )
+    )

@@ -25,18 +25,18 @@ their code again (when our run had not finished at the first call).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from recbole_flame.experiment.output import markdown_table, provenance, write_json
+from common import run
+
+from recbole_flame.experiment.output import markdown_table
 from recbole_flame.utils.errors import UserError
 
 RESULTS = Path("benchmarks/results/flame_beauty_authors_prefix")
@@ -190,8 +190,7 @@ def table(report: dict[str, Any]) -> str:
     return markdown_table(headers, rows) + note
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(parser) -> None:
     parser.add_argument("--authors", type=Path, required=True, help="a FLAME_SIGIR26 checkout")
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument("--epochs", type=int, default=3, help="validations to compare")
@@ -202,17 +201,16 @@ def main() -> int:
         help="their --num_epoch, which is also their lambda_r annealing length R (the recipe's)",
     )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--python", default=sys.executable, help="the interpreter for their code (their scipy)"
     )
     parser.add_argument(
         "--authors_log", type=Path, help="their log saved by an earlier call (not run again)"
     )
-    parser.add_argument("--out", default="benchmarks/results/micro/authors_curve/result.json")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    saved = Path(args.out).with_name("authors_train.log")
+
+
+def measure(args, save) -> dict[str, Any]:
+    saved = Path(args.out or "authors_train.log").with_name("authors_train.log")
     try:
         if args.authors_log is not None:
             log = args.authors_log.read_text()
@@ -232,12 +230,10 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         if saved.is_file() and args.authors_log is None:
             print(f"their log is saved: rerun with --authors_log {saved}", file=sys.stderr)
-        return 2
-    report = {
-        **provenance(),
+        raise SystemExit(2) from None
+    return {
         "dataset": args.dataset,
         "seed": args.seed,
-        "threads": args.threads,
         "anneal_epochs": args.anneal_epochs,
         "authors_python": args.python,
         "authors_commit": subprocess.run(
@@ -255,12 +251,16 @@ def main() -> int:
             }
             for h in ours[: args.epochs]
         ],
-        "wall_seconds": time.perf_counter() - start,
     }
-    write_json(args.out, report)
-    print(table(report))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        run(
+            __doc__,
+            measure,
+            table,
+            out="benchmarks/results/micro/authors_curve/result.json",
+            arguments=arguments,
+        )
+    )

@@ -23,9 +23,7 @@ does not shrink with the rows. Time with nothing else running on the machine.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import count_flops
+from common import count_flops, interleaved_over, run
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from recbole_flame.experiment.output import markdown_table, provenance, write_json
+from recbole_flame.experiment.output import markdown_table
 from recbole_flame.model.canet import scoring
 from recbole_flame.model.canet.routes import parse_route
 from recbole_flame.quick_start import prepare
@@ -56,13 +54,10 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-HALVED_CHUNK_SIZES = scoring.chunk_sizes
-
-
 def row_chunk_sizes(depths: list[int], lengths: list[int], cap: int | None) -> list[int]:
     """The earlier chunk rule: a chunk ends where the depth changes or at ``cap`` rows (equal
     lengths never halve)."""
-    return HALVED_CHUNK_SIZES(depths, [1] * len(lengths), cap)
+    return scoring.chunk_sizes(depths, [1] * len(lengths), cap)
 
 
 class PartTimer:
@@ -156,19 +151,17 @@ def table(report: dict[str, Any]) -> str:
     return markdown_table(headers, rows) + note
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(parser) -> None:
     parser.add_argument("--result", default="benchmarks/results/canet_beauty_cpu/CANet-seed1.json")
     parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--eval_chunk_size", type=int, help="default: CANet.yaml's")
     parser.add_argument("--eval_batch_size", type=int, help="default: the run's")
     parser.add_argument(
         "--row_chunks", action="store_true", help="also time chunks of rows alone (the old rule)"
     )
-    parser.add_argument("--out", default="benchmarks/results/micro/canet_inference/result.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+
+
+def measure(args, save) -> dict[str, Any]:
     record = json.loads(Path(args.result).read_text())
     counts = record["result"]["route_counts"]
     config = {k: v for k, v in record["config"].items() if k not in ("checkpoint_dir", "data_path")}
@@ -208,30 +201,36 @@ def main() -> int:
     if args.row_chunks:
 
         def with_row_chunks(fn):
-            def run(*batch) -> None:
-                rule, scoring.chunk_sizes = scoring.chunk_sizes, row_chunk_sizes
+            def rows_only(*batch) -> None:
+                model.chunk_rule = row_chunk_sizes
                 try:
                     fn(*batch)
                 finally:
-                    scoring.chunk_sizes = rule
+                    del model.chunk_rule  # the class's rule again
 
-            return run
+            return rows_only
 
         paths["routed, row chunks"] = with_row_chunks(routed)
         paths["full_route, row chunks"] = with_row_chunks(full_route)
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
-    start = time.perf_counter()
+    part_samples: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+
+    def with_parts(name: str, fn):
+        def call(batch) -> None:
+            timer.seconds.clear()
+            fn(*batch)
+            part_samples[name].append(dict(timer.seconds))
+
+        return call
+
+    warmup = [batches[i % len(batches)] for i in range(2)]  # fills the sliced-weight cache
     with torch.no_grad():
-        for i in range(2):  # warm-up: fills the sliced-weight cache, as evaluation would
-            for fn in paths.values():
-                fn(*batches[i % len(batches)])
-        for batch in batches:
-            for name, fn in paths.items():
-                timer.seconds.clear()
-                began = time.perf_counter()
-                fn(*batch)
-                total = time.perf_counter() - began
-                parts = dict(timer.seconds)
+        totals = interleaved_over(
+            {name: with_parts(name, fn) for name, fn in paths.items()}, batches, warmup
+        )
+        samples: dict[str, list[dict[str, float]]] = {}
+        for name in paths:
+            samples[name] = []
+            for parts, total in zip(part_samples[name][len(warmup) :], totals[name], strict=True):
                 parts["bookkeeping"] = total - sum(parts.values())
                 parts["total"] = total
                 samples[name].append(parts)
@@ -255,11 +254,7 @@ def main() -> int:
             ops[name] = counter.calls
             flops[name] = count_flops(lambda b, fn=fn: fn(*b), batches[0])
     report = {
-        **provenance(),
         "from": args.result,
-        "threads": args.threads,
-        # other work on the machine (1-minute load average; alone, it is about the threads)
-        "load_average_before": os.getloadavg()[0],
         "batches": len(batches),
         "batch_size": int(batches[0][0].size(0)),
         "eval_chunk_size": model.eval_chunk or 0,
@@ -295,11 +290,17 @@ def main() -> int:
             "full_vs_halved": medians["full_route, row chunks"] / full_s,
             "executed_flops_ratio": flops["routed, row chunks"] / flops["full_route, row chunks"],
         }
-    report["wall_seconds"] = time.perf_counter() - start
-    write_json(args.out, report)
-    print(table(report))
-    return 0
+    return report
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        run(
+            __doc__,
+            measure,
+            table,
+            out="benchmarks/results/micro/canet_inference/result.json",
+            arguments=arguments,
+            threads=torch.get_num_threads(),
+        )
+    )

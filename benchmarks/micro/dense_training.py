@@ -18,14 +18,15 @@ Adam 1e-3, seed 42. Both modes trim each batch to its longest sequence.
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import time
+from typing import Any
 
 import torch
-from common import train_step
+from common import run, train_step
 
-from recbole_flame.experiment.output import markdown_table, write_json
+from recbole_flame.experiment.output import markdown_table
 from recbole_flame.quick_start import prepare
 
 MODES = ("prefix", "dense")
@@ -105,7 +106,9 @@ class Runner:
 
 
 def epoch_times(runners: dict[str, Runner], steps: int) -> dict[str, dict[str, float]]:
-    """Mean step seconds (interleaved) and the implied epoch seconds of each mode."""
+    """Mean step seconds (interleaved) and the implied epoch seconds of each mode. Each mode's
+    runner times its own steps (not the building of its next batch), the clock its equal-time
+    budget runs on, so the interleaving is this loop's rather than ``interleaved_over``'s."""
     spent: dict[str, list[float]] = {m: [] for m in runners}
     for i in range(steps + 2):
         for mode, runner in runners.items():
@@ -145,8 +148,7 @@ def fresh_pair(name: str, base: dict, dataset: str, init: dict | None) -> dict[s
     return runners
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(parser) -> None:
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument(
         "--data_path", default=None, help="default: RecBole's (amazon-beauty: the bundled copy)"
@@ -156,9 +158,9 @@ def main() -> None:
     parser.add_argument("--flame_budget", type=float, default=360.0)
     parser.add_argument("--slice", type=float, default=15.0)
     parser.add_argument("--evals", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/micro/dense_training/result.json")
-    args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+
+
+def measure(args, save) -> dict[str, Any]:
     base = dict(
         PAPER,
         eval_batch_size=1024,
@@ -168,14 +170,27 @@ def main() -> None:
     )
     if args.data_path:
         base["data_path"] = os.path.abspath(args.data_path)
-    report: dict = {"settings": base, "args": vars(args), "threads": torch.get_num_threads()}
-    timing_rows, curve_rows = [], []
+    report: dict[str, Any] = {"settings": base, "args": vars(args)}
     frozen = None
     for name, budget in (("SASRec", args.sasrec_budget), ("FLAME", args.flame_budget)):
         # Timing on throwaway models, so the equal-time runs start from fresh weights.
         timing = epoch_times(fresh_pair(name, base, args.dataset, frozen), args.timing_steps)
         report[f"{name}_timing"] = timing
         print(f"{name} timing: {timing}", flush=True)
+        runners = fresh_pair(name, base, args.dataset, frozen)
+        equal_time(runners, budget, args.slice, args.evals)
+        report[f"{name}_curves"] = {m: r.curve for m, r in runners.items()}
+        if name == "SASRec":
+            frozen = runners["dense"].model.state_dict()
+        save(report)
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """Epoch time of each mode and validation NDCG@20 after equal training time."""
+    timing_rows, curve_rows = [], []
+    for name in ("SASRec", "FLAME"):
+        timing = report[f"{name}_timing"]
         timing_rows.append(
             [
                 name,
@@ -186,41 +201,39 @@ def main() -> None:
                 timing["dense"]["epoch_s"] / timing["prefix"]["epoch_s"],
             ]
         )
-        runners = fresh_pair(name, base, args.dataset, frozen)
-        equal_time(runners, budget, args.slice, args.evals)
-        report[f"{name}_curves"] = {m: r.curve for m, r in runners.items()}
-        for k in range(args.evals):
-            p, d = runners["prefix"].curve[k], runners["dense"].curve[k]
+        curves = report[f"{name}_curves"]
+        for p, d in zip(curves["prefix"], curves["dense"], strict=False):
             curve_rows.append([name, p[0], p[1], p[2], d[1], d[2]])
-        if name == "SASRec":
-            frozen = runners["dense"].model.state_dict()
-        write_json(args.out, report)
-
-    print(
-        f"\n## Prefix vs dense training on {args.dataset} (CPU, {torch.get_num_threads()} threads)\n"
+    title = (
+        f"## Prefix vs dense training on {report['args']['dataset']} "
+        f"(CPU, {report['threads']} threads)\n\n"
     )
-    print(
-        markdown_table(
-            [
-                "model",
-                "prefix steps/epoch",
-                "prefix s/epoch",
-                "dense steps/epoch",
-                "dense s/epoch",
-                "dense / prefix",
-            ],
-            timing_rows,
-        )
+    timing_table = markdown_table(
+        [
+            "model",
+            "prefix steps/epoch",
+            "prefix s/epoch",
+            "dense steps/epoch",
+            "dense s/epoch",
+            "dense / prefix",
+        ],
+        timing_rows,
     )
-    print("\nValidation NDCG@20 after equal training time\n")
-    print(
-        markdown_table(
-            ["model", "train s", "prefix steps", "prefix NDCG@20", "dense steps", "dense NDCG@20"],
-            curve_rows,
-        )
+    curve_table = markdown_table(
+        ["model", "train s", "prefix steps", "prefix NDCG@20", "dense steps", "dense NDCG@20"],
+        curve_rows,
     )
-    print(f"\nwrote {args.out}")
+    return f"{title}{timing_table}\n\nValidation NDCG@20 after equal training time\n\n{curve_table}"
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run(
+            __doc__,
+            measure,
+            table,
+            out="benchmarks/results/micro/dense_training/result.json",
+            arguments=arguments,
+            threads=None,
+        )
+    )

@@ -16,20 +16,18 @@ same script measures NCCL. Time with nothing else running on the machine.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any
 
 import torch
 import torch.multiprocessing as mp
+from common import run, timed
 
-from recbole_flame.experiment.output import markdown_table, provenance, write_json
+from recbole_flame.experiment.output import markdown_table
 from recbole_flame.utils import distributed
-from recbole_flame.utils.timing import timed
 
 MODELS = ("SASRec", "FLAME")
 
@@ -181,21 +179,19 @@ def table(report: dict[str, Any]) -> str:
     return markdown_table(headers, rows) + note
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(parser) -> None:
     parser.add_argument("--datasets", nargs="+", default=["ml-100k"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results/micro/distributed/result.json")
-    args = parser.parse_args()
-    threads = os.cpu_count() or 1
-    start = time.perf_counter()
-    report: dict = {
-        **provenance(),
+
+
+def measure(args, save) -> dict[str, Any]:
+    threads = args.threads
+    report: dict[str, Any] = {
         "threads_one_process": threads,
         "threads_per_rank": max(1, threads // 2),
+        "runs": {},
     }
-    report["runs"] = {}
     for dataset in args.datasets:
         base = settings(dataset)
         for model in MODELS:
@@ -221,10 +217,17 @@ def main() -> None:
             entry["communication_share"] = comm / entry["two_process_step_s"]
             report["runs"][f"{dataset}/{model}"] = entry
             print(f"{dataset} {model}: done", flush=True)
-    report["wall_seconds"] = time.perf_counter() - start
-    write_json(args.out, report)
-    print(table(report))
+    return report
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        run(
+            __doc__,
+            measure,
+            table,
+            out="benchmarks/results/micro/distributed/result.json",
+            arguments=arguments,
+            threads=None,
+        )
+    )

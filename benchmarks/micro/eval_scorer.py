@@ -15,24 +15,22 @@ alone over the pass's batches, padded to L against packed, and the share of padd
 chunked (16,384 items a chunk), and unchunked (one users x items matrix, then ``topk``) for as
 many users as this machine's memory allows (``--unchunked_users``). Each measurement runs in a
 fresh process and reports the growth of its peak RSS over its inputs (vectors and table).
-Writes a JSON with the command, commit, machine and every sample to ``--out``.
+Writes a JSON with the command, commit, machine and every sample to ``--out`` (default
+``benchmarks/results/micro/eval_scorer/{part}.json``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
 import torch
+from common import in_fresh_process, interleaved_over, run
 
-from recbole_flame.experiment.output import markdown_table, provenance, write_json
+from recbole_flame.experiment.output import markdown_table
 
 DEFAULT_OUT = "benchmarks/results/micro/eval_scorer/{part}.json"
 
@@ -41,10 +39,11 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def one_memory_run(users: int, items: int, dim: int, k: int, chunk: int | None) -> dict:
-    """In this (fresh) process: top-k of users x items, chunked or not; peak RSS growth."""
+def one_memory_run(case: dict[str, Any]) -> dict:
+    """In a fresh process: top-k of users x items, chunked or not; peak RSS growth."""
     from recbole_flame.inference.scoring import InnerProductScorer
 
+    users, items, dim, k, chunk = (case[key] for key in ("users", "items", "dim", "k", "chunk"))
     gen = torch.Generator().manual_seed(0)
     vectors = torch.randn(users, dim, generator=gen)
     table = torch.randn(items, dim, generator=gen)
@@ -80,14 +79,8 @@ def memory_part(args) -> dict:
     cases += [(u, args.chunk) for u in args.unchunked_users]
     runs = []
     for users, chunk in cases:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            json.dumps([users, args.items, args.dim, args.k, chunk]),
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
+        case = {"users": users, "items": args.items, "dim": args.dim, "k": args.k, "chunk": chunk}
+        runs.append(in_fresh_process(__file__, case, args.threads))
         print(runs[-1], flush=True)
     # the same users, chunked and not, must give the same top k
     for users in args.unchunked_users:
@@ -133,12 +126,10 @@ def valid_part(args) -> dict:
 
     results = {"none": evaluate(None), "chunked": evaluate(args.chunk)}
     assert results["none"] == results["chunked"], results
-    samples = {"none": [], "chunked": []}
-    for _ in range(args.reps):
-        for name, chunk in (("none", None), ("chunked", args.chunk)):
-            start = time.perf_counter()
-            evaluate(chunk)
-            samples[name].append(time.perf_counter() - start)
+    samples = interleaved_over(
+        {"none": lambda _: evaluate(None), "chunked": lambda _: evaluate(args.chunk)},
+        range(args.reps),
+    )
 
     # The encoder alone over the same batches: padded to L (RecBole's) against packed.
     from recbole_flame.inference.scoring import inner_product_scorer
@@ -147,17 +138,17 @@ def valid_part(args) -> dict:
     batches = [b[0] for b in valid_data]
     real = sum(int(b["item_length"].sum()) for b in batches)
     padded_positions = sum(b["item_id_list"].numel() for b in batches)
-    enc = {"padded": [], "packed": []}
+
+    def padded(_) -> None:
+        for b in batches:
+            model.forward(b["item_id_list"], b["item_length"])
+
+    def packed_pass(_) -> None:
+        for b in batches:
+            packed.user_vectors(b)
+
     with torch.no_grad():
-        for _ in range(args.reps):
-            start = time.perf_counter()
-            for b in batches:
-                model.forward(b["item_id_list"], b["item_length"])
-            enc["padded"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            for b in batches:
-                packed.user_vectors(b)
-            enc["packed"].append(time.perf_counter() - start)
+        enc = interleaved_over({"padded": padded, "packed": packed_pass}, range(args.reps))
     med = {k: statistics.median(v) for k, v in {**samples, **enc}.items()}
     ratios = [c / n for c, n in zip(samples["chunked"], samples["none"], strict=True)]
     rows = [
@@ -178,8 +169,7 @@ def valid_part(args) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser) -> None:
     parser.add_argument("--part", choices=("valid", "memory"), default="valid")
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument("--reps", type=int, default=5)
@@ -190,24 +180,25 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--unchunked_users", type=int, nargs="*", default=[256, 512])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.child is not None:
-        print(json.dumps(one_memory_run(*json.loads(args.child))))
-        return 0
-    start = time.perf_counter()
-    result = valid_part(args) if args.part == "valid" else memory_part(args)
-    result.update(provenance())
-    result["wall_seconds"] = time.perf_counter() - start
-    out = Path(args.out or DEFAULT_OUT.format(part=args.part))
-    write_json(out, result)
-    print(result["table"])
-    print(f"written: {os.path.relpath(out)}")
-    return 0
+
+
+def measure(args, save) -> dict[str, Any]:
+    return valid_part(args) if args.part == "valid" else memory_part(args)
+
+
+def table(report: dict[str, Any]) -> str:
+    """The part's table, rendered when it was measured."""
+    return report["table"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        run(
+            __doc__,
+            measure,
+            table,
+            out=lambda args: DEFAULT_OUT.format(part=args.part),
+            arguments=arguments,
+            child=one_memory_run,
+        )
+    )

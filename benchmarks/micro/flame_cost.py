@@ -20,23 +20,19 @@ alone could reach, since FLAME does this much more arithmetic than SASRec per st
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.machinery
 import importlib.util
 import os
 import statistics
 import sys
-import time
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import torch
-from common import BACKBONE_KEYS, count_flops, train_step
+from common import count_flops, flame_and_backbone, interleaved_over, run, train_step
 
-from recbole_flame.config import Config
-from recbole_flame.experiment.output import markdown_table, provenance, write_json
-from recbole_flame.quick_start import prepare
-from recbole_flame.utils.timing import timed
+from recbole_flame.experiment.output import markdown_table
 
 
 def import_from_checkout(folder: str, package: str, module: str) -> ModuleType:
@@ -105,13 +101,8 @@ def measure(dataset: str, mode: str, args) -> dict:
     }
     if args.data_path and dataset != "ml-100k":
         base["data_path"] = os.path.abspath(args.data_path)
-    _, flame, _, (train_data, _, _) = prepare("FLAME", dataset, config_dict=base)
-    # SASRec with FLAME's backbone settings (FLAME.yaml), so only the method differs.
-    flame_config = Config("FLAME", dataset, config_dict=base)
-    backbone = {k: flame_config[k] for k in BACKBONE_KEYS}
-    _, sasrec, _, _ = prepare("SASRec", dataset, config_dict={**base, **backbone})
+    flame, sasrec, train_data, flame_config = flame_and_backbone(dataset, base)
     batches = [b for _, b in zip(range(args.steps + 2), train_data, strict=False)]
-    flame.anneal(1)
     optimizers = {
         "SASRec": torch.optim.Adam(sasrec.parameters(), lr=1e-3),
         "FLAME": torch.optim.Adam([p for p in flame.parameters() if p.requires_grad], lr=1e-3),
@@ -128,10 +119,7 @@ def measure(dataset: str, mode: str, args) -> dict:
         for fn in fns.values():
             fn(b)
     flops = {name: count_flops(fn, batches[2]) for name, fn in fns.items()}
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for b in batches[2:]:
-        for name, fn in fns.items():
-            samples[name].append(timed(lambda fn=fn, b=b: fn(b)))
+    samples = interleaved_over(fns, batches[2:])
     steps = len(train_data)
     return {
         "steps_per_epoch": steps,
@@ -142,67 +130,73 @@ def measure(dataset: str, mode: str, args) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(parser) -> None:
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "amazon-beauty"])
     parser.add_argument("--modes", nargs="+", default=["dense", "prefix"])
     parser.add_argument(
         "--data_path", default=None, help="default: RecBole's (amazon-beauty: the bundled copy)"
     )
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--authors_dir", default=None)
-    parser.add_argument("--out", default="benchmarks/results/micro/flame_cost/result.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    report: dict = {**provenance(), "runs": {}}
-    rows = []
+
+
+def measure_all(args, save) -> dict[str, Any]:
+    runs = {}
     for dataset in args.datasets:
         for mode in args.modes:
-            entry = measure(dataset, mode, args)
-            report["runs"][f"{dataset}/{mode}"] = entry
-            med = entry["median_step_s"]
-            ratio = med["FLAME"] / med["SASRec"]
-            authors = med.get("authors FLAME")
-            gflops = entry["step_gflops"]
-            rows.append(
-                [
-                    dataset,
-                    mode,
-                    entry["steps_per_epoch"],
-                    med["SASRec"],
-                    med["FLAME"],
-                    ratio,
-                    gflops["FLAME"] / gflops["SASRec"],
-                    authors if authors is not None else "-",
-                    med["FLAME"] / authors if authors else "-",
-                    gflops["FLAME"] / gflops["authors FLAME"] if authors else "-",
-                    entry["epoch_estimate_s"]["FLAME"] / entry["epoch_estimate_s"]["SASRec"],
-                ]
-            )
-            print(f"{dataset}/{mode}: {med}", flush=True)
-    report["wall_seconds"] = time.perf_counter() - start
-    write_json(args.out, report)
-    print(
-        markdown_table(
+            runs[f"{dataset}/{mode}"] = measure(dataset, mode, args)
+            print(f"{dataset}/{mode}: {runs[f'{dataset}/{mode}']['median_step_s']}", flush=True)
+    return {"runs": runs}
+
+
+def table(report: dict[str, Any]) -> str:
+    """Per dataset and train mode: SASRec's and FLAME's median step, their time and FLOPs
+    ratios, and the authors' FLAME beside ours where it was timed."""
+    rows = []
+    for name, entry in report["runs"].items():
+        dataset, mode = name.split("/")
+        med = entry["median_step_s"]
+        authors = med.get("authors FLAME")
+        gflops = entry["step_gflops"]
+        rows.append(
             [
-                "dataset",
-                "mode",
-                "steps/epoch",
-                "SASRec s/step",
-                "FLAME s/step",
-                "FLAME / SASRec",
-                "FLOPs FLAME / SASRec",
-                "authors' FLAME s/step",
-                "ours / authors'",
-                "FLOPs ours / authors'",
-                "epoch ratio (mean steps)",
-            ],
-            rows,
+                dataset,
+                mode,
+                entry["steps_per_epoch"],
+                med["SASRec"],
+                med["FLAME"],
+                med["FLAME"] / med["SASRec"],
+                gflops["FLAME"] / gflops["SASRec"],
+                authors if authors is not None else "-",
+                med["FLAME"] / authors if authors else "-",
+                gflops["FLAME"] / gflops["authors FLAME"] if authors else "-",
+                entry["epoch_estimate_s"]["FLAME"] / entry["epoch_estimate_s"]["SASRec"],
+            ]
         )
-    )
+    headers = [
+        "dataset",
+        "mode",
+        "steps/epoch",
+        "SASRec s/step",
+        "FLAME s/step",
+        "FLAME / SASRec",
+        "FLOPs FLAME / SASRec",
+        "authors' FLAME s/step",
+        "ours / authors'",
+        "FLOPs ours / authors'",
+        "epoch ratio (mean steps)",
+    ]
+    return markdown_table(headers, rows)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run(
+            __doc__,
+            measure_all,
+            table,
+            out="benchmarks/results/micro/flame_cost/result.json",
+            arguments=arguments,
+            threads=None,
+        )
+    )

@@ -15,19 +15,15 @@ count (a 1024 x 1024 product, the median of 20). Time with nothing else running 
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 import statistics
-import time
+import sys
+from typing import Any
 
 import torch
-from common import BACKBONE_KEYS, count_flops, train_step
+from common import count_flops, flame_and_backbone, interleaved_over, run, timed, train_step
 
-from recbole_flame.config import Config
-from recbole_flame.experiment.output import markdown_table, provenance, write_json
-from recbole_flame.quick_start import prepare
-from recbole_flame.utils.timing import timed
+from recbole_flame.experiment.output import markdown_table
 
 
 def matmul_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
@@ -71,13 +67,7 @@ def measure(dataset: str, args) -> dict:
     }
     if dataset == "amazon-beauty":  # the authors' recipe of issue 30
         base.update(history_limit=53, eval_exclude_history=True)
-    _, flame, _, (train_data, _, _) = prepare("FLAME", dataset, config_dict=base)
-    flame_config = Config("FLAME", dataset, config_dict=base)
-    backbone = {
-        k: flame_config[k] for k in BACKBONE_KEYS
-    }  # SASRec differs from FLAME in method only
-    _, sasrec, _, _ = prepare("SASRec", dataset, config_dict={**base, **backbone})
-    flame.anneal(1)
+    flame, sasrec, train_data, flame_config = flame_and_backbone(dataset, base)
     models = {
         "SASRec unpacked": with_packing(sasrec, False),
         "SASRec packed": with_packing(sasrec, True),
@@ -93,15 +83,14 @@ def measure(dataset: str, args) -> dict:
     flops = {
         name: statistics.fmean(step_flops(m, b) for b in batches[2:5]) for name, m in models.items()
     }
-    for b in batches[:2]:  # warm-up
-        for name, m in models.items():
-            train_step(m, optimizers[name], b)
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    for b in batches[2:]:
-        for name, m in models.items():
-            samples[name].append(
-                timed(lambda m=m, name=name, b=b: train_step(m, optimizers[name], b))
-            )
+    samples = interleaved_over(
+        {
+            name: lambda b, m=m, o=optimizers[name]: train_step(m, o, b)
+            for name, m in models.items()
+        },
+        batches[2:],
+        warmup=batches[:2],
+    )
     steps = len(train_data)
     out = {
         "steps_per_epoch": steps,
@@ -123,22 +112,25 @@ def measure(dataset: str, args) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(parser) -> None:
     parser.add_argument("--datasets", nargs="+", default=["amazon-beauty", "ml-100k"])
     parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", default="benchmarks/results/micro/packing/result.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    peak = matmul_peak_gflops()
-    report: dict = {**provenance(), "threads": args.threads, "matmul_peak_gflops_per_s": peak}
-    report["runs"] = {}
-    rows = []
+
+
+def measure_all(args, save) -> dict[str, Any]:
+    report: dict[str, Any] = {"matmul_peak_gflops_per_s": matmul_peak_gflops(), "runs": {}}
     for dataset in args.datasets:
-        entry = measure(dataset, args)
-        report["runs"][dataset] = entry
+        report["runs"][dataset] = measure(dataset, args)
+        print(f"{dataset}: done", flush=True)
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """Per dataset and model: the mean step unpacked and packed, the epoch and per-batch
+    ratios, the packed epoch estimate and the achieved GFLOP/s, under the machine's matmul
+    rate."""
+    rows = []
+    for dataset, entry in report["runs"].items():
         for model in ("SASRec", "FLAME"):
             rate = entry["achieved_gflops_per_s"]
             rows.append(
@@ -155,28 +147,33 @@ def main() -> None:
                     rate[f"{model} packed"],
                 ]
             )
-        print(f"{dataset}: done", flush=True)
-    report["wall_seconds"] = time.perf_counter() - start
-    write_json(args.out, report)
-    print(f"float32 matmul peak ({args.threads} threads): {peak:.1f} GFLOP/s")
-    print(
-        markdown_table(
-            [
-                "dataset",
-                "model",
-                "steps/epoch",
-                "unpacked s/step",
-                "packed s/step",
-                "epoch packed / unpacked",
-                "median batch ratio",
-                "packed epoch s (estimate)",
-                "GFLOP/s unpacked",
-                "GFLOP/s packed",
-            ],
-            rows,
-        )
+    peak = (
+        f"float32 matmul peak ({report['threads']} threads): "
+        f"{report['matmul_peak_gflops_per_s']:.1f} GFLOP/s\n"
     )
+    headers = [
+        "dataset",
+        "model",
+        "steps/epoch",
+        "unpacked s/step",
+        "packed s/step",
+        "epoch packed / unpacked",
+        "median batch ratio",
+        "packed epoch s (estimate)",
+        "GFLOP/s unpacked",
+        "GFLOP/s packed",
+    ]
+    return peak + markdown_table(headers, rows)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run(
+            __doc__,
+            measure_all,
+            table,
+            out="benchmarks/results/micro/packing/result.json",
+            arguments=arguments,
+            threads=None,
+        )
+    )

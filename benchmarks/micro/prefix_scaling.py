@@ -37,7 +37,6 @@ each child.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import math
@@ -49,9 +48,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from common import child_command, run
 
 ROOT = Path(__file__).resolve().parents[2]
 BEAUTY = ROOT / "recbole_flame" / "datasets" / "amazon-beauty" / "amazon-beauty.inter.gz"
@@ -129,7 +131,8 @@ def stage(name: str) -> None:
     print(f"stage: {name}", file=sys.stderr, flush=True)
 
 
-def child(args: argparse.Namespace) -> dict:
+def child(payload: dict[str, Any]) -> dict:
+    """One (size, loader) measurement (the module docstring), in a fresh process."""
     import torch
     from common import train_step
     from recbole.data import data_preparation
@@ -141,6 +144,7 @@ def child(args: argparse.Namespace) -> dict:
     from recbole_flame.data.prefix import PrefixSamples, PrefixView, prefix_data_preparation
     from recbole_flame.utils.registry import get_model
 
+    args = SimpleNamespace(**payload)
     torch.set_num_threads(args.threads)
     out: dict = {"size": args.size, "loader": args.loader}
     stage("generating")
@@ -256,18 +260,16 @@ def child(args: argparse.Namespace) -> dict:
 
 
 # --- the parent: one child per (size, loader), watched ---------------------------------------------
-def run_child(size: int, loader: str, args: argparse.Namespace) -> dict:
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
-        f"--size={size}",
-        f"--loader={loader}",
-        f"--steps={args.steps}",
-        f"--eval_users={args.eval_users}",
-        f"--threads={args.threads}",
-        f"--epoch_to_end={args.epoch_to_end}",
-    ]
+def run_child(size: int, loader: str, args) -> dict:
+    payload = {
+        "size": size,
+        "loader": loader,
+        "steps": args.steps,
+        "eval_users": args.eval_users,
+        "threads": args.threads,
+        "epoch_to_end": args.epoch_to_end,
+    }
+    command = child_command(__file__, payload, args.threads)
     record = {"size": size, "loader": loader, "load_average_before": os.getloadavg()}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
@@ -330,17 +332,17 @@ def table(report: dict) -> str:
     from recbole_flame.experiment.output import markdown_table
 
     rows = []
-    for run in report["runs"]:
-        done = run.get("status") == "done"
-        train, evaluation = run.get("train", {}), run.get("eval", {})
+    for entry in report["runs"]:
+        done = entry.get("status") == "done"
+        train, evaluation = entry.get("train", {}), entry.get("eval", {})
         rows.append(
             [
-                f"{run['size']:.0e}".replace("e+0", "e"),
-                run["loader"],
-                run.get("interactions", "-"),
-                run.get("train_samples", "-"),
-                gb(run.get("prepare_s")) if done else "-",
-                gb(run.get("prepare_peak_gb")) if done else run["status"],
+                f"{entry['size']:.0e}".replace("e+0", "e"),
+                entry["loader"],
+                entry.get("interactions", "-"),
+                entry.get("train_samples", "-"),
+                gb(entry.get("prepare_s")) if done else "-",
+                gb(entry.get("prepare_peak_gb")) if done else entry["status"],
                 gb(train.get("per_1000_steps_s")),
                 gb(train.get("build_per_1000_steps_s")),
                 gb(train.get("peak_gb")),
@@ -368,13 +370,11 @@ def table(report: dict) -> str:
     return markdown_table(headers, rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(parser) -> None:
     parser.add_argument("--sizes", default="1e6,1e7,1e8")
     parser.add_argument("--loaders", default="onthefly,recbole")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--eval_users", type=int, default=10_000)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--epoch_to_end", type=float, default=math.inf, help="from this size on, build the epoch"
     )
@@ -385,24 +385,10 @@ def main() -> None:
         default=math.inf,
         help="do not start RecBole's loader from this size on (its layout would not fit)",
     )
-    parser.add_argument("--out", default="benchmarks/results/micro/prefix_scaling/result.json")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--loader", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        args.size = int(args.size)
-        try:
-            print(json.dumps(child(args)), flush=True)
-        except MemoryError:
-            print("MemoryError", file=sys.stderr, flush=True)
-            sys.exit(3)
-        return
 
-    from recbole_flame.experiment.output import provenance, write_json
 
-    start = time.perf_counter()
-    report = {**provenance(), "threads": args.threads, "settings": SETTINGS, "runs": []}
+def measure(args, save) -> dict[str, Any]:
+    report: dict[str, Any] = {"settings": SETTINGS, "runs": []}
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     total = next(line for line in meminfo if line.startswith("MemTotal:"))
     report["memory_total_gb"] = int(total.split()[1]) / 2**20
@@ -416,11 +402,18 @@ def main() -> None:
             record = run_child(size, loader, args)
             report["runs"].append(record)
             print(json.dumps(record), flush=True)
-            write_json(args.out, {**report, "wall_seconds": time.perf_counter() - start})
-    report["wall_seconds"] = time.perf_counter() - start
-    write_json(args.out, report)
-    print(table(report))
+            save(report)
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        run(
+            __doc__,
+            measure,
+            table,
+            out="benchmarks/results/micro/prefix_scaling/result.json",
+            arguments=arguments,
+            child=child,
+        )
+    )

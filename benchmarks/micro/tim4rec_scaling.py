@@ -18,52 +18,28 @@ SSD, chunk 32), SASRec RecBole's (2 heads, inner 256). No dataset is read.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
+import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
-from common import train_step
+from common import in_fresh_process, interleaved_samples, run, synthetic_model, train_step
 from recbole.data.interaction import Interaction
 
-from recbole_flame.config import Config
-from recbole_flame.experiment.output import markdown_table, write_json
-from recbole_flame.utils.registry import get_model
-from recbole_flame.utils.timing import interleaved_medians
+from recbole_flame.experiment.output import markdown_table
 
 MODELS = ("SASRec", "TiM4Rec")
 N_ITEMS = 2000
 
 
-class _Synthetic:
-    """What the two models read from a dataset: the item count and which fields exist."""
-
-    field2type = {"item_id_list": None, "timestamp_list": None}
-
-    def num(self, field: str) -> int:
-        return N_ITEMS
-
-
 def build(model_name: str, length: int, seed: int = 0):
-    """A model for sequences of ``length`` steps and its Adam optimiser."""
-    settings = {
-        "MAX_ITEM_LIST_LENGTH": length,
-        "hidden_size": 64,
-        "n_layers": 2,
-        "gpu_id": "",
-        "use_gpu": False,
-        "learning_rate": 1e-3,
-    }
-    config = Config(model_name, "ml-100k", config_dict=settings)
-    torch.manual_seed(seed)
-    model = get_model(model_name)(config, _Synthetic())
-    # Importing RecBole's sequential models (SINE) switches anomaly detection on: a debugging
-    # aid that slows every backward pass.
-    torch.autograd.set_detect_anomaly(False)
-    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+    """A model for sequences of ``length`` steps (d = 64, 2 layers) and its Adam optimiser."""
+    settings = {"MAX_ITEM_LIST_LENGTH": length, "hidden_size": 64, "n_layers": 2}
+    return synthetic_model(
+        model_name, settings, N_ITEMS, fields=("item_id_list", "timestamp_list"), seed=seed
+    )
 
 
 def batch(length: int, size: int, seed: int = 0) -> Interaction:
@@ -87,67 +63,63 @@ def _status_mib(key: str) -> float:
     raise RuntimeError(f"no {key} in /proc/self/status (Linux only)")
 
 
-def memory_child(model_name: str, length: int, size: int) -> None:
-    """Run in a fresh process: print the peak RSS growth of one training step, in MiB."""
-    model, optimizer = build(model_name, length)
-    data = batch(length, size)
+def memory_child(payload: dict[str, Any]) -> dict[str, float]:
+    """In a fresh process: the peak RSS growth of one training step, in MiB."""
+    model, optimizer = build(payload["model"], payload["length"])
+    data = batch(payload["length"], payload["batch"])
     train_step(model, optimizer, data)  # one-time allocations: Adam's state, thread pools
     before = _status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
     train_step(model, optimizer, data)
-    print(json.dumps({"step_peak_mib": _status_mib("VmHWM") - before, "before_mib": before}))
+    return {"step_peak_mib": _status_mib("VmHWM") - before, "before_mib": before}
 
 
 def measure_memory(model_name: str, length: int, size: int, threads: int) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        f"--memory_child={model_name},{length}",
-        f"--batch={size}",
-        f"--threads={threads}",
-    ]
     # Large blocks straight from mmap, so freed activations leave the resident set and the
     # next step's peak is measured from the model's own footprint.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return in_fresh_process(
+        __file__,
+        {"model": model_name, "length": length, "batch": size},
+        threads,
+        env={"MALLOC_MMAP_THRESHOLD_": "65536"},
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(parser) -> None:
     parser.add_argument("--lengths", default="50,200,800")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)"
-    )
-    parser.add_argument("--out", default="benchmarks/results/micro/tim4rec_scaling/result.json")
-    parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.memory_child:
-        name, length = args.memory_child.split(",")
-        memory_child(name, int(length), args.batch)
-        return
 
-    lengths = [int(v) for v in args.lengths.split(",")]
-    rows, report = [], {"batch": args.batch, "threads": args.threads, "results": {}}
-    for length in lengths:
+
+def measure(args, save) -> dict[str, Any]:
+    report: dict[str, Any] = {"batch": args.batch, "results": {}}
+    for length in (int(v) for v in args.lengths.split(",")):
         built = {name: build(name, length) for name in MODELS}
         data = batch(length, args.batch)
-        times = interleaved_medians(
+        samples = interleaved_samples(
             {
                 name: lambda i, m=model, o=opt, d=data: train_step(m, o, d)
                 for name, (model, opt) in built.items()
             },
             args.reps,
         )
+        times = {name: statistics.median(v) for name, v in samples.items()}
         del built
         memory = {name: measure_memory(name, length, args.batch, args.threads) for name in MODELS}
         report["results"][length] = {"step_s": times, "memory": memory}
+        print(f"L={length}: {times}, {memory}", flush=True)
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """Per L: each model's median step seconds, their ratio, TiM4Rec's time relative to the
+    shortest L and each model's step peak memory."""
+    rows = []
+    for length, entry in report["results"].items():
+        times, memory = entry["step_s"], entry["memory"]
         rows.append(
             [
-                length,
+                int(length),
                 times["SASRec"],
                 times["TiM4Rec"],
                 times["TiM4Rec"] / times["SASRec"],
@@ -155,33 +127,34 @@ def main() -> None:
                 memory["TiM4Rec"]["step_peak_mib"],
             ]
         )
-        print(f"L={length}: {times}, {memory}", flush=True)
-
     first = rows[0]
     for row in rows:
         row.insert(4, row[2] / first[2])  # TiM4Rec's time relative to the shortest L
-    print(
-        f"\n## TiM4Rec vs SASRec, one training step on CPU (batch {args.batch}, d=64, "
-        f"2 layers, {N_ITEMS} items, {args.threads} thread(s))\n"
+    title = (
+        f"## TiM4Rec vs SASRec, one training step on CPU (batch {report['batch']}, d=64, "
+        f"2 layers, {N_ITEMS} items, {report['threads']} thread(s))\n\n"
     )
-    print(
-        markdown_table(
-            [
-                "L",
-                "SASRec s/step",
-                "TiM4Rec s/step",
-                "TiM4Rec / SASRec",
-                f"TiM4Rec time vs L={first[0]}",
-                "SASRec step peak MiB",
-                "TiM4Rec step peak MiB",
-            ],
-            rows,
-        )
-    )
-    if args.out:
-        write_json(args.out, report)
+    headers = [
+        "L",
+        "SASRec s/step",
+        "TiM4Rec s/step",
+        "TiM4Rec / SASRec",
+        f"TiM4Rec time vs L={first[0]}",
+        "SASRec step peak MiB",
+        "TiM4Rec step peak MiB",
+    ]
+    return title + markdown_table(headers, rows)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    main()
+    sys.exit(
+        run(
+            __doc__,
+            measure,
+            table,
+            out="benchmarks/results/micro/tim4rec_scaling/result.json",
+            arguments=arguments,
+            child=memory_child,
+        )
+    )

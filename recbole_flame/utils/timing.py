@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -26,20 +26,29 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_over(
+    fns: dict[str, Callable[[Any], Any]], items: Iterable[Any], warmup: Iterable[Any] = ()
+) -> dict[str, list[float]]:
+    """Seconds of each function's call on each item, the functions called in turn on an item
+    before the next (a, b, a, b, ...) so that load on a shared machine hits all of them alike;
+    first one untimed call of each on every ``warmup`` item. Sample i of every function comes
+    from the same round, so ratios can be paired."""
+    for item in warmup:
+        for fn in fns.values():
+            fn(item)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for item in items:
+        for name, fn in fns.items():
+            samples[name].append(timed(lambda fn=fn, item=item: fn(item)))
+    return samples
+
+
 def interleaved_samples(
     fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 2
 ) -> dict[str, list[float]]:
-    """Seconds of each of ``n`` calls of each function, calling them in turn (a, b, a, b, ...)
-    so that load on a shared machine hits all of them alike. ``fn(i)`` gets the repetition
-    index. Sample i of every function comes from the same round, so ratios can be paired."""
-    for i in range(warmup):
-        for fn in fns.values():
-            fn(i)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(n):
-        for name, fn in fns.items():
-            samples[name].append(timed(lambda fn=fn, i=i: fn(i)))
-    return samples
+    """:func:`interleaved_over` ``n`` rounds after ``warmup`` ones: ``fn(i)`` gets the round's
+    index (warm-up rounds count from 0 too)."""
+    return interleaved_over(fns, range(n), range(warmup))
 
 
 def interleaved_medians(

@@ -42,6 +42,10 @@ class ScoringMixin:
     routes: list[Route]
     route_counts: Counter[Route]
     eval_chunk: int | None
+    #: How rows sorted by depth and length are cut into chunks: an attribute, so that an
+    #: instance can be given another rule (benchmarks/micro/canet_inference.py times the
+    #: earlier one against it on the same model).
+    chunk_rule = staticmethod(chunk_sizes)
 
     # --- one route: the reference path ------------------------------------------------------
     def route_hidden(
@@ -137,7 +141,7 @@ class ScoringMixin:
             key = table[rows, 1] * (item_seq.size(1) + 1) + item_seq_len[rows]
             rows = rows[torch.argsort(key, descending=True)]
             out = []
-            sizes = chunk_sizes(
+            sizes = self.chunk_rule(
                 table[rows, 1].tolist(), item_seq_len[rows].tolist(), self.eval_chunk
             )
             for chunk in rows.split(sizes):
