@@ -38,3 +38,29 @@ def test_context_baseline_deepfm(data_root, workdir):
     )
     _check(result, "auc")
     assert result["test_result"]["logloss"] > 0
+
+
+def test_directories_exist_before_recboles_racy_ensure_dir(data_root, workdir, monkeypatch):
+    """RecBole's ``ensure_dir`` checks, then creates: two processes starting at once (a search's
+    trials) race, and the loser's ``makedirs`` fails (FileExistsError, seen in a 2-trial search).
+    Each directory it is asked for must already exist when it is called, so it never creates."""
+    import os
+
+    import recbole.trainer.trainer as recbole_trainer
+    import recbole.utils.logger as recbole_logger
+
+    from recbole_flame.quick_start import prepare
+
+    asked: dict[str, bool] = {}
+
+    def recording_ensure_dir(path: str) -> None:
+        asked[os.path.normpath(path)] = os.path.isdir(path)  # did it exist before the check?
+        os.makedirs(path, exist_ok=True)
+
+    monkeypatch.setattr(recbole_trainer, "ensure_dir", recording_ensure_dir)
+    monkeypatch.setattr(recbole_logger, "ensure_dir", recording_ensure_dir)
+    checkpoints = str(workdir / "fresh" / "checkpoints")
+    config = seq_config(data_root, embedding_size=16, epochs=1, checkpoint_dir=checkpoints)
+    prepare("SASRec", TINY, config_dict=config)
+    assert os.path.normpath(checkpoints) in asked and os.path.join("log", "SASRec") in asked
+    assert all(asked.values()), asked

@@ -99,6 +99,9 @@ def reset_logging(config: Config) -> None:
         root.removeHandler(handler)
         handler.close()
     if distributed.is_main():
+        # RecBole's ensure_dir checks, then creates: processes starting at once (a search's
+        # trials) race on it, and the loser's makedirs fails. exist_ok cannot fail.
+        os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
         init_logger(config)
     else:
         root.addHandler(logging.StreamHandler())
@@ -180,6 +183,7 @@ def prepare(
     if getattr(net, "packing", False):  # the row layout computed in the loader, on the CPU
         lay_out_in_loader(train_data, config)
     logger.info(net)
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)  # before RecBole's racy ensure_dir
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     return config, net, trainer, (train_data, valid_data, test_data)
 
