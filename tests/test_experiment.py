@@ -239,6 +239,47 @@ def test_parked_state_resumes_in_another_clone(tmp_path):
     assert unpark(spec, "F", 3, there) is None  # a state is already there
 
 
+def test_parked_flame_stage2_carries_its_finished_stage1(tmp_path):
+    """A FLAME run parked in stage 2 (both stages trained here) packs its finished stage-1
+    checkpoint too: unpacked in another clone, stage 2 finds the frozen network it was trained
+    against instead of training stage 1 again. Stage 1's hidden working files are not packed."""
+    import torch
+
+    from recbole_flame.utils.checkpoint import load_checkpoint
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text("dataset: ml-100k\nseeds: [3]\nruns:\n  F: {model: FLAME}\n")
+    spec = load_spec(spec_file)
+    here, there = tmp_path / "clone1", tmp_path / "clone2"
+    config, ckpt = run_config(spec, "F", 3, here)
+    (ckpt / "flame_stage1").mkdir(parents=True)
+    stage1 = ckpt / "flame_stage1" / "SASRec-ml-100k-abc.pth"
+    torch.save({"state_dict": {"w": torch.full((2,), 5.0)}}, stage1)
+    (ckpt / "flame_stage1" / ".SASRec-ml-100k-abc.pth.lock").write_text("")
+    best = ckpt / "F-x.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, best)
+    state = {
+        "state_dict": {"w": torch.arange(3.0)},
+        "config": {"checkpoint_dir": config["checkpoint_dir"]},
+        "best_model_file": str(best),
+        "valid_history": [],
+    }
+    torch.save(state, ckpt / "F-x-last.pth")
+    packed = park(spec, "F", 3, here)
+    target = parked_file(there, "F", 3)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(packed.read_bytes())
+    unpark(spec, "F", 3, there)
+    _, ckpt2 = run_config(spec, "F", 3, there)
+    assert sorted(str(p.relative_to(ckpt2)) for p in ckpt2.rglob("*") if p.is_file()) == [
+        "F-x-last.pth",
+        "F-x.pth",
+        "flame_stage1/SASRec-ml-100k-abc.pth",
+    ]
+    restored = load_checkpoint(ckpt2 / "flame_stage1" / "SASRec-ml-100k-abc.pth")
+    assert torch.equal(restored["state_dict"]["w"], torch.full((2,), 5.0))
+
+
 def test_per_user_paired_comparison_matches_hand_computed_values() -> None:
     """The per-user test matches users by id (rows come in different orders), scores NDCG@k
     from the rank, and its paired t over users equals the hand-computed one."""

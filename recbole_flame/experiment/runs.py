@@ -51,8 +51,15 @@ def run_states(ckpt: Path) -> list[Path]:
     return sorted(states, key=os.path.getmtime)
 
 
+def finished_stage1(ckpt: Path) -> list[Path]:
+    """FLAME's finished stage-1 checkpoints in the run's own cache folder (the default
+    ``stage1_cache_dir``): the frozen network a stage-2 state was trained against."""
+    return sorted(p for p in ckpt.glob("flame_stage1/*.pth") if not p.name.startswith("."))
+
+
 def park(spec: dict, label: str, seed: int, out_dir: Path) -> Path | None:
-    """Pack an unfinished run's newest state, and the best-model file it names, into
+    """Pack an unfinished run's newest state, the best-model file it names and, for FLAME in
+    stage 2, its finished stage 1 (without which a fresh clone would train stage 1 again) into
     :func:`~recbole_flame.experiment.spec.parked_file` (a plain tar, paths relative to the run's
     checkpoint folder), so the run can go on from a fresh clone; None if the run has no state
     or has finished."""
@@ -68,6 +75,7 @@ def park(spec: dict, label: str, seed: int, out_dir: Path) -> Path | None:
     best = Path(load_checkpoint(state)["best_model_file"]).absolute()
     if best.is_file() and best.is_relative_to(root):
         members.append(best)
+    members += [p.absolute() for p in finished_stage1(ckpt) if p.absolute() not in members]
 
     def pack(f) -> None:
         with tarfile.open(fileobj=f, mode="w") as tar:
