@@ -372,6 +372,25 @@ def flame_datasets_table(root: Path, metric: str = "ndcg@20") -> str:
     return markdown_table(headers, table)
 
 
+def flame_gain_range(root: Path, metric: str = "ndcg@20") -> str:
+    """One line for the README: the least and the largest gain of FLAME over its frozen
+    SASRec across the finished runs of :func:`flame_dataset_rows`, and on which datasets."""
+    done = [r for r in flame_dataset_rows(root, metric) if r.get("flame") is not None]
+    done = [r for r in done if r.get("frozen_score")]
+    if not done:
+        return "not finished on any dataset yet"
+    gains = sorted(((r["flame"] - r["frozen_score"]) / r["frozen_score"], r) for r in done)
+    (lo, lo_row), (hi, hi_row) = gains[0], gains[-1]
+    datasets = sorted({r["dataset"] for r in done})
+    shown = metric.replace("ndcg", "NDCG")
+    return (
+        f"test {shown} {lo:+.1%} ({lo_row['dataset']}, {lo_row['frozen']}) to {hi:+.1%} "
+        f"({hi_row['dataset']}, {hi_row['frozen']}) over the frozen SASRec, {len(done)} "
+        f"run{'s' if len(done) > 1 else ''} on {len(datasets)} of the paper's datasets "
+        f"({', '.join(datasets)})"
+    )
+
+
 PLOTS = {
     "flame_curves.png": (plot_flame, "FLAME against its stage-1 SASRec (dashed) or frozen network"),
     "dense_vs_prefix.png": (plot_dense, "Dense against prefix training, SASRec"),
@@ -505,6 +524,20 @@ def with_micro_tables(text: str, root: Path) -> str:
     return fill_markers(text, MICRO, "micro-benchmark table", render)
 
 
+SPAN = marker("span")
+#: marker name -> renderer of one inline line from the committed result files under the root
+RESULT_SPANS: dict[str, Any] = {"flame_gain_range": flame_gain_range}
+
+
+def with_result_spans(text: str, root: Path) -> str:
+    """``text`` with every inline result marker's line regenerated from the result files."""
+
+    def render(name: str) -> str | None:
+        return RESULT_SPANS[name](root) if name in RESULT_SPANS else None
+
+    return fill_markers(text, SPAN, "result span", render)
+
+
 def with_result_tables(text: str, root: Path) -> str:
     """``text`` with every result-table marker's table regenerated from the result files."""
 
@@ -602,9 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in headline_pages(root):
         if path.is_file() and path not in wanted:
             text = path.read_text(encoding="utf-8")
-            if HEADLINE.search(text) or MICRO.search(text) or TABLE.search(text):
+            if any(m.search(text) for m in (HEADLINE, MICRO, TABLE, SPAN)):
                 filled = with_micro_tables(with_headlines(text, root), root)
-                wanted[path] = with_result_tables(filled, root)
+                wanted[path] = with_result_spans(with_result_tables(filled, root), root)
     stale = [
         path
         for path, text in wanted.items()

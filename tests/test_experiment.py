@@ -557,6 +557,21 @@ def test_flame_datasets_table_by_hand(tmp_path) -> None:
     assert a[8] == "7 (30)"
     b = lines[3].split(" | ")
     assert b[:2] == ["| yelp", "our stage 1"] and b[5:8] == ["0.0500", "-", "-"]
+    # the README's range: one finished run so far (yelp's has only its frozen score)
+    flame_gain_range = load_benchmark("report.py").flame_gain_range
+    assert flame_gain_range(tmp_path) == (
+        "test NDCG@20 +25.0% (toys, the authors' released SASRec) to +25.0% (toys, the authors' "
+        "released SASRec) over the frozen SASRec, 1 run on 1 of the paper's datasets (toys)"
+    )
+    (results / "flame_b" / "FLAME-seed42.json").write_text(
+        json.dumps(
+            {"result": {"test_result": {"ndcg@20": 0.0510}, "stage1_test_result": {"ndcg@20": 0.05}}}
+        )
+    )
+    assert flame_gain_range(tmp_path) == (  # (0.051 - 0.05) / 0.05 = +2%
+        "test NDCG@20 +2.0% (yelp, our stage 1) to +25.0% (toys, the authors' released SASRec) "
+        "over the frozen SASRec, 2 runs on 2 of the paper's datasets (toys, yelp)"
+    )
 
 
 def test_a_docs_marker_naming_nothing_stops_with_one_line(tmp_path) -> None:
