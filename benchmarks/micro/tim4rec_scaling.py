@@ -19,16 +19,16 @@ SSD, chunk 32), SASRec RecBole's (2 heads, inner 256). No dataset is read.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import in_fresh_process, interleaved_samples, run, synthetic_model, train_step
+from common import in_fresh_process, run, synthetic_model, train_step
 from recbole.data.interaction import Interaction
 
 from recbole_flame.experiment.output import markdown_table
+from recbole_flame.utils.timing import interleaved_medians
 
 MODELS = ("SASRec", "TiM4Rec")
 N_ITEMS = 2000
@@ -96,14 +96,13 @@ def measure(args, save) -> dict[str, Any]:
     for length in (int(v) for v in args.lengths.split(",")):
         built = {name: build(name, length) for name in MODELS}
         data = batch(length, args.batch)
-        samples = interleaved_samples(
+        times = interleaved_medians(
             {
                 name: lambda i, m=model, o=opt, d=data: train_step(m, o, d)
                 for name, (model, opt) in built.items()
             },
             args.reps,
         )
-        times = {name: statistics.median(v) for name, v in samples.items()}
         del built
         memory = {name: measure_memory(name, length, args.batch, args.threads) for name in MODELS}
         report["results"][length] = {"step_s": times, "memory": memory}
