@@ -482,6 +482,10 @@ MICRO_TABLES: dict[str, tuple[str, str]] = {
     "canet_inference": ("canet_inference/result.json", "canet_inference"),
     "canet_inference_large_batch": ("canet_inference/batch2048.json", "canet_inference"),
     "prefix_scaling": ("prefix_scaling/result.json", "prefix_scaling"),
+    "flame_cost": ("flame_cost/result.json", "flame_cost"),
+    "eval_scorer_valid": ("eval_scorer/valid.json", "eval_scorer"),
+    "eval_scorer_memory": ("eval_scorer/memory.json", "eval_scorer"),
+    "packing": ("packing/result.json", "packing"),
 }
 
 

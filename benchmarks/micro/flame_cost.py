@@ -179,11 +179,11 @@ def table(report: dict[str, Any]) -> str:
         "steps/epoch",
         "SASRec s/step",
         "FLAME s/step",
-        "FLAME / SASRec",
-        "FLOPs FLAME / SASRec",
+        "FLAME / SASRec, time",
+        "FLAME / SASRec, FLOPs",
         "authors' FLAME s/step",
-        "ours / authors'",
-        "FLOPs ours / authors'",
+        "ours / authors', time",
+        "ours / authors', FLOPs",
         "epoch ratio (mean steps)",
     ]
     return markdown_table(headers, rows)

@@ -149,7 +149,7 @@ def table(report: dict[str, Any]) -> str:
             )
     peak = (
         f"float32 matmul peak ({report['threads']} threads): "
-        f"{report['matmul_peak_gflops_per_s']:.1f} GFLOP/s\n"
+        f"{report['matmul_peak_gflops_per_s']:.1f} GFLOP/s\n\n"
     )
     headers = [
         "dataset",
