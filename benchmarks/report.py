@@ -83,15 +83,23 @@ def _valid_metric(records: dict[str, dict[int, dict]]) -> str:
     return profile("evaluation")["valid_metric"]
 
 
-def _figure(panels: int, size: tuple[float, float]):
-    """A figure of ``panels`` side by side, each ``size`` inches, drawn off screen."""
+def _figure(panels: int, size: tuple[float, float], columns: int | None = None):
+    """A figure of ``panels``, ``columns`` to a row (default: all side by side), each ``size``
+    inches, drawn off screen; unused cells of the last row are hidden."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, panels, figsize=(size[0] * panels, size[1]), squeeze=False)
-    return fig, list(axes[0])
+    columns = min(columns or panels, panels)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False
+    )
+    cells = [ax for row in axes for ax in row]
+    for ax in cells[panels:]:
+        ax.set_visible(False)
+    return fig, cells[:panels]
 
 
 def _label_curves(ax, name: str, metric: str) -> None:
@@ -214,26 +222,34 @@ def static_line(points: list[dict[str, Any]], ratio: float, metric: str, data: s
 
 
 def plot_canet(root: Path, path: Path, metric: str = "ndcg@10") -> bool:
-    """CANet's accuracy against its FLOPs ratio (:func:`canet_points`); the static
-    sub-networks are joined into one line."""
-    # the first data setting measured (amazon-beauty): static lines of other data are the
-    # table's, not this plot's
+    """CANet's accuracy against its FLOPs ratio (:func:`canet_points`), one panel per data
+    setting in spec order; each panel's static sub-networks are joined into one line."""
     points = canet_points(root)
     if not points:
         return False
-    points = [p for p in points if p["data"] == points[0]["data"]]
-    fig, (ax,) = _figure(1, (4.6, 3.4))
-    # The line a routed model has to lie above to beat a smaller model of the same cost.
-    static = sorted((p["ratio"], p["test"][metric]) for p in points if p["static"])
-    if static:
-        ax.plot(*zip(*static, strict=True), "k--", marker="s", lw=1, label="static sub-networks")
-    others = [p for p in points if not p["static"]]
-    for i, p in enumerate(others):
-        ax.scatter([p["ratio"]], [p["test"][metric]], color=f"C{i}", label=p["label"])
-    ax.set_xlabel("FLOPs ratio (full route = 1)")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_xlim(0, 1.1)
-    ax.legend(fontsize=7)
+    settings = list(dict.fromkeys(p["data"] for p in points))
+    fig, axes = _figure(len(settings), (4.6, 3.4), columns=2)
+    for ax, data in zip(axes, settings, strict=True):
+        here = [p for p in points if p["data"] == data]
+        # The line a routed model has to lie above to beat a smaller model of the same cost.
+        static = sorted((p["ratio"], p["test"][metric]) for p in here if p["static"])
+        if static:
+            ax.plot(
+                *zip(*static, strict=True), "k--", marker="s", lw=1, label="static sub-networks"
+            )
+        for i, p in enumerate(p for p in here if not p["static"]):
+            ax.scatter([p["ratio"]], [p["test"][metric]], color=f"C{i}", label=p["label"])
+        seeds = sorted({p["seeds"] for p in here})
+        ax.set_title(f"{data} ({'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])})", fontsize=9)
+        ax.set_xlabel("FLOPs ratio (full route = 1)")
+        ax.set_ylabel(f"test {metric}")
+        ax.set_xlim(0, 1.1)
+        # at least +-10% of the panel's mean, so that differences of a few thousandths (within
+        # the seed spread) do not fill the panel as if they were large
+        values = [p["test"][metric] for p in here]
+        centre = statistics.mean(values)
+        ax.set_ylim(min(min(values), 0.9 * centre) * 0.98, max(max(values), 1.1 * centre) * 1.02)
+        ax.legend(fontsize=7)
     _save(fig, path)
     return True
 
@@ -394,7 +410,10 @@ def flame_gain_range(root: Path, metric: str = "ndcg@20") -> str:
 PLOTS = {
     "flame_curves.png": (plot_flame, "FLAME against its stage-1 SASRec (dashed) or frozen network"),
     "dense_vs_prefix.png": (plot_dense, "Dense against prefix training, SASRec"),
-    "canet_accuracy_compute.png": (plot_canet, "CANet: test NDCG@10 against FLOPs ratio"),
+    "canet_accuracy_compute.png": (
+        plot_canet,
+        "CANet: test NDCG@10 against FLOPs ratio, per dataset",
+    ),
 }
 
 

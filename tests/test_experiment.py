@@ -437,12 +437,8 @@ def test_headline_by_hand_with_the_convergence_ratio(tmp_path) -> None:
     )
 
 
-def test_canet_table_puts_routed_runs_against_the_static_line_by_hand(tmp_path) -> None:
-    """The accuracy-compute table gathers every CANet experiment's finished runs (seeds
-    averaged), by FLOPs ratio, and gives each routed run its distance above the line through
-    the static sub-networks, interpolated by hand; runs outside the line's range get none."""
-    canet_table = load_benchmark("report.py").canet_table
-
+def _canet_results(tmp_path) -> None:
+    """Two CANet experiments' result files on ml-100k (L default and 200) under ``tmp_path``."""
     experiments = tmp_path / "benchmarks" / "experiments"
     experiments.mkdir(parents=True)
     (experiments / "canet_x.yaml").write_text(
@@ -487,6 +483,14 @@ def test_canet_table_puts_routed_runs_against_the_static_line_by_hand(tmp_path) 
     (tmp_path / "benchmarks" / "results" / "canet_y" / "mid-seed1.json").write_text(
         json.dumps({"result": {"test_result": {"ndcg@10": 0.9, "flops_ratio": 0.6}}})
     )
+
+
+def test_canet_table_puts_routed_runs_against_the_static_line_by_hand(tmp_path) -> None:
+    """The accuracy-compute table gathers every CANet experiment's finished runs (seeds
+    averaged), by FLOPs ratio, and gives each routed run its distance above the line through
+    the static sub-networks, interpolated by hand; runs outside the line's range get none."""
+    canet_table = load_benchmark("report.py").canet_table
+    _canet_results(tmp_path)
     rows = [line.lstrip("| ").split(" | ") for line in canet_table(tmp_path).splitlines()[2:]]
     data = {row[1]: row[0] for row in rows}
     by_label = {row[1]: row[1:] for row in rows}
@@ -499,6 +503,28 @@ def test_canet_table_puts_routed_runs_against_the_static_line_by_hand(tmp_path) 
     assert by_label["cheap"][-2:] == ["-", "- |"]
     assert by_label["plain"][1] == "SASRec" and by_label["plain"][4] == "1.00"
     assert by_label["plain"][-2:] == ["-", "- |"]
+
+
+def test_canet_plot_draws_one_panel_per_data_setting(tmp_path, monkeypatch) -> None:
+    """One panel per dataset and length, each with its own static line (seed means by hand) and
+    its other runs as points; a flat panel's y axis spans at least +-10% of its mean."""
+    report = load_benchmark("report.py")
+    _canet_results(tmp_path)
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    assert report.plot_canet(tmp_path, tmp_path / "plot.png")
+    axes = [ax for ax in figures[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == [
+        "ml-100k, L = default (1/2 seeds)",
+        "ml-100k, L = 200 (1 seed)",
+    ]
+    (line,) = axes[0].get_lines()
+    assert list(line.get_xdata()) == [0.2, 1.0] and list(line.get_ydata()) == [0.03, 0.05]
+    points = sorted(tuple(c.get_offsets()[0]) for c in axes[0].collections)
+    assert points == [(0.1, 0.01), (0.6, 0.045), (1.0, 0.06)]  # cheap, routed, plain (at 1)
+    assert axes[1].get_lines()[0].get_xdata().tolist() == [0.6]  # its one static point
+    low, high = axes[1].get_ylim()  # one point, 0.9: the span is the +-10%
+    assert low <= 0.81 and high >= 0.99
 
 
 def test_flame_datasets_table_by_hand(tmp_path) -> None:
@@ -565,7 +591,12 @@ def test_flame_datasets_table_by_hand(tmp_path) -> None:
     )
     (results / "flame_b" / "FLAME-seed42.json").write_text(
         json.dumps(
-            {"result": {"test_result": {"ndcg@20": 0.0510}, "stage1_test_result": {"ndcg@20": 0.05}}}
+            {
+                "result": {
+                    "test_result": {"ndcg@20": 0.0510},
+                    "stage1_test_result": {"ndcg@20": 0.05},
+                }
+            }
         )
     )
     assert flame_gain_range(tmp_path) == (  # (0.051 - 0.05) / 0.05 = +2%
